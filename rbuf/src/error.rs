@@ -1,0 +1,155 @@
+//! The crate's error type: every variant keeps the values involved.
+
+use std::io;
+
+/// Why an IOrec from the other side was refused. Each one is counted by the endpoint that
+/// saw it and never makes it touch memory outside its mappings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IoRecError {
+    /// The extent count in the header is larger than [`crate::MAX_EXTENTS`].
+    #[error("IOrec claims {count} extents (at most {max})", max = crate::MAX_EXTENTS)]
+    TooManyExtents {
+        /// The count read from shared memory.
+        count: u16,
+    },
+    /// An IOrec that must carry data carries no extent.
+    #[error("IOrec has no extent")]
+    NoExtent,
+    /// An extent reaches outside the data area.
+    #[error("extent {index} ({offset:#x}+{len_bytes}) outside the {area_bytes}-byte data area")]
+    OutOfBounds {
+        /// Position of the extent in the IOrec.
+        index: usize,
+        /// Its offset.
+        offset: u32,
+        /// Its length.
+        len_bytes: u32,
+        /// Size of the data area.
+        area_bytes: usize,
+    },
+    /// The tag does not name a buffer of the master's pool.
+    #[error("tag {tag:#x} names no buffer of the pool")]
+    UnknownBuffer {
+        /// The tag read from shared memory.
+        tag: u64,
+    },
+    /// The tag names a buffer the master has not handed to this peer.
+    #[error("buffer {tag:#x} was not lent to the peer")]
+    NotLent {
+        /// The tag read from shared memory.
+        tag: u64,
+    },
+    /// A returned extent does not lie inside the buffer the master lent.
+    #[error("extent {index} ({offset:#x}+{len_bytes}) outside lent buffer {tag:#x}")]
+    OutsideBuffer {
+        /// The tag read from shared memory.
+        tag: u64,
+        /// Position of the extent in the IOrec.
+        index: usize,
+        /// Its offset.
+        offset: u32,
+        /// Its length.
+        len_bytes: u32,
+    },
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call failed.
+    #[error("{call}: {source}")]
+    Sys {
+        /// What was called.
+        call: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A region or area size that cannot be used.
+    #[error("invalid size: {len_bytes} bytes")]
+    InvalidSize {
+        /// The size asked for.
+        len_bytes: usize,
+    },
+    /// A ring geometry that cannot be used.
+    #[error("invalid ring: {slots} slots (a power of two from 2 to 2^20)")]
+    InvalidRing {
+        /// The slot count asked for.
+        slots: usize,
+    },
+    /// A region received from a peer has the wrong size.
+    #[error("region is {actual_bytes} bytes, expected {expected_bytes}")]
+    RegionSize {
+        /// Size announced in the handshake.
+        expected_bytes: usize,
+        /// Size of the file received.
+        actual_bytes: u64,
+    },
+    /// A region received from a peer could still be resized by it.
+    #[error("region from the peer is not sealed against shrinking and growing")]
+    NotSealed,
+    /// An IOrec from the other side failed validation.
+    #[error("bad IOrec from the peer: {0}")]
+    BadIoRec(#[from] IoRecError),
+    /// A count published by the peer went backwards or past the ring.
+    #[error("peer's {which} count moved from {previous} to {now} on a {slots}-slot ring")]
+    BadCount {
+        /// Which count (`head` or `tail`).
+        which: &'static str,
+        /// The last valid value.
+        previous: u64,
+        /// The value read now.
+        now: u64,
+        /// Ring size.
+        slots: usize,
+    },
+    /// The master's pool has no free buffer.
+    #[error("pool exhausted")]
+    PoolExhausted,
+    /// A buffer larger than the pool can give.
+    #[error("{len_bytes}-byte buffer asked of a pool of {max_bytes}-byte buffers")]
+    BufferTooLarge {
+        /// Size asked for.
+        len_bytes: usize,
+        /// Largest size available.
+        max_bytes: usize,
+    },
+    /// A data access outside a buffer.
+    #[error("access {offset:#x}+{len_bytes} outside the {area_bytes}-byte data area")]
+    OutOfBounds {
+        /// Offset asked for.
+        offset: usize,
+        /// Length asked for.
+        len_bytes: usize,
+        /// Size of the area.
+        area_bytes: usize,
+    },
+    /// Connection set-up failed: the peer speaks another protocol or asks for other sizes.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// The peer closed its end of the connection or died.
+    #[error("peer disconnected")]
+    PeerGone,
+    /// This side disconnected the peer because it broke the protocol.
+    #[error("peer disconnected after {errors} protocol errors (last: {last})")]
+    PeerEvicted {
+        /// Errors counted before eviction.
+        errors: u64,
+        /// The last error seen.
+        last: String,
+    },
+    /// A blocking wait ran out of time.
+    #[error("timed out after {timeout_ms} ms")]
+    Timeout {
+        /// The timeout that elapsed.
+        timeout_ms: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn sys(call: &'static str, errno: rustix::io::Errno) -> Error {
+        Error::Sys {
+            call,
+            source: io::Error::from_raw_os_error(errno.raw_os_error()),
+        }
+    }
+}
