@@ -15,10 +15,12 @@ pub mod area;
 pub mod error;
 pub mod event;
 pub mod iorec;
+pub mod pool;
 pub mod ring;
 pub mod shm;
 
 pub use area::{DataArea, MAX_AREA_BYTES};
 pub use error::{Error, IoRecError};
 pub use iorec::{Extent, IoRec, MAX_EXTENTS};
+pub use pool::{Accounting, BufId, LendSet, Pool};
 pub use shm::{Backing, PagePolicy};
