@@ -39,6 +39,12 @@ pub enum IoRecError {
         /// The tag read from shared memory.
         tag: u64,
     },
+    /// The master tried to send a buffer it does not hold (freed, or sent twice).
+    #[error("buffer {tag:#x} is not held by the master")]
+    NotHeld {
+        /// The buffer id.
+        tag: u64,
+    },
     /// A returned extent does not lie inside the buffer the master lent.
     #[error("extent {index} ({offset:#x}+{len_bytes}) outside lent buffer {tag:#x}")]
     OutsideBuffer {

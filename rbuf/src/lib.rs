@@ -12,15 +12,21 @@
 //! `log` only off the fast path.
 
 pub mod area;
+pub mod channel;
+pub mod connect;
 pub mod error;
 pub mod event;
 pub mod iorec;
+pub mod multicast;
 pub mod pool;
 pub mod ring;
 pub mod shm;
 
 pub use area::{DataArea, MAX_AREA_BYTES};
+pub use channel::{Link, LinkStats, Master, Mode, Peer, Role};
+pub use connect::{Config, Endpoint, Listener};
 pub use error::{Error, IoRecError};
 pub use iorec::{Extent, IoRec, MAX_EXTENTS};
+pub use multicast::{MemberStats, Multicast};
 pub use pool::{Accounting, BufId, LendSet, Pool};
 pub use shm::{Backing, PagePolicy};

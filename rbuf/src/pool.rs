@@ -298,7 +298,7 @@ impl Pool {
     pub fn check_local(&self, rec: &IoRec) -> Result<BufId, IoRecError> {
         let id = self.lookup(rec.tag())?;
         if !self.entries[id as usize].local {
-            return Err(IoRecError::NotLent { tag: rec.tag() });
+            return Err(IoRecError::NotHeld { tag: rec.tag() });
         }
         self.check_inside(id, rec)?;
         Ok(id)
@@ -333,14 +333,28 @@ impl Pool {
 
     /// Lends buffer `id` (held by the master) to the peer of `set`, keeping the master's
     /// hold (multicast offers one buffer to several peers, then calls [`Pool::unhold`]).
-    pub fn lend(&mut self, id: BufId, set: &mut LendSet) {
+    pub fn lend(&mut self, id: BufId, set: &mut LendSet) -> Result<(), IoRecError> {
         let e = &mut self.entries[id as usize];
-        debug_assert!(e.live && e.local && !set.contains(id));
+        if !(e.live && e.local) || set.contains(id) {
+            return Err(IoRecError::NotHeld { tag: u64::from(id) });
+        }
         if e.refs == 0 {
             self.lent += 1;
         }
         e.refs += 1;
         set.insert(id);
+        Ok(())
+    }
+
+    /// Undoes [`Pool::lend`] for a buffer that could not be sent after all.
+    pub fn unlend(&mut self, id: BufId, set: &mut LendSet) {
+        assert!(set.contains(id), "unlend of buffer {id} not lent");
+        set.remove(id);
+        let e = &mut self.entries[id as usize];
+        e.refs -= 1;
+        if e.refs == 0 {
+            self.lent -= 1;
+        }
     }
 
     /// Drops the master's hold on a buffer it lent; frees it if nobody took it.
@@ -485,7 +499,7 @@ mod tests {
             pool.alloc(2049),
             Err(crate::Error::BufferTooLarge { .. })
         ));
-        pool.lend(a, &mut peer);
+        pool.lend(a, &mut peer).unwrap();
         pool.unhold(a);
         assert_eq!(
             pool.audit(&[&peer]).unwrap(),
@@ -525,7 +539,7 @@ mod tests {
         let mut peers = [LendSet::new(4), LendSet::new(4), LendSet::new(4)];
         let id = pool.alloc(64).unwrap();
         for p in &mut peers {
-            pool.lend(id, p);
+            pool.lend(id, p).unwrap();
         }
         pool.unhold(id);
         assert_eq!(
@@ -583,7 +597,7 @@ mod tests {
                     0 => if let Ok(id) = pool.alloc(if extents { len } else { len % 2048 }) { local.push(id) },
                     1 | 2 if !local.is_empty() => {
                         let id = local.swap_remove(pick % local.len());
-                        pool.lend(id, &mut peers[(op - 1) as usize]);
+                        pool.lend(id, &mut peers[(op - 1) as usize]).unwrap();
                         pool.unhold(id);
                     }
                     3 => {

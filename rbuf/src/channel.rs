@@ -1,0 +1,574 @@
+//! Rbuf channels: one data area, two control areas (one each way), two doorbells.
+//!
+//! Every channel has an *originator* (writes the data, owns the writable mapping of the
+//! data area) and a *receiver* (reads it through a read-only mapping). One of them is the
+//! *master*, which allocates buffers in the area from its [`Pool`]:
+//!
+//! | mode | master | master sends | master gets back |
+//! |---|---|---|---|
+//! | TMM (transmit master) | originator | full IOrecs | the same buffers, done |
+//! | RMM (receive master) | receiver | empty IOrecs | the same buffers, filled |
+//!
+//! Both modes have the same shape from the master's point of view: it lends buffers
+//! ([`Master::send`]) and takes them back ([`Master::recv`]), and everything the peer
+//! returns must name a buffer lent to it. The non-master side ([`Peer`]) receives IOrecs,
+//! which it checks against the data area, and sends IOrecs. The same types serve a channel
+//! within one process and between two processes (see [`crate::connect`]).
+//!
+//! A peer that breaks the protocol (an IOrec that fails validation, a count that goes
+//! backwards or past the ring) is counted; past [`Link::set_max_errors`] (default: none
+//! tolerated) it is evicted: the connection is shut down, every later call returns
+//! [`Error::PeerEvicted`], and a master takes back everything it had lent.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::event::Doorbell;
+use crate::pool::{BufId, LendSet, Pool};
+use crate::ring::{Consumer, Producer};
+use crate::{DataArea, Error, IoRec};
+
+/// Which side is master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Transmit master mode: the originator allocates, fills and sends full buffers.
+    Tmm,
+    /// Receive master mode: the receiver allocates and posts empty buffers for the
+    /// originator to fill (the NIC receive path).
+    Rmm,
+}
+
+/// Which end of the data flow this side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Writes the data; owns the writable mapping of the data area.
+    Originator,
+    /// Reads the data through a read-only mapping.
+    Receiver,
+}
+
+impl Mode {
+    /// Whether `role` is the master in this mode.
+    pub fn is_master(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (Mode::Tmm, Role::Originator) | (Mode::Rmm, Role::Receiver)
+        )
+    }
+}
+
+/// Counters of one side of a channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// IOrecs pushed to the peer.
+    pub sent: u64,
+    /// IOrecs popped from the peer (valid or not).
+    pub received: u64,
+    /// IOrecs from the peer refused by validation.
+    pub bad_iorecs: u64,
+    /// Corrupt counts (head or tail) published by the peer.
+    pub bad_counts: u64,
+    /// Doorbells rung for the peer (system calls made on its behalf).
+    pub wakeups_sent: u64,
+    /// Times this side went to sleep on its doorbell.
+    pub sleeps: u64,
+}
+
+/// What a link is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Await {
+    Incoming,
+    Space(usize),
+}
+
+/// One side of a channel: the ring it produces, the ring it consumes, its doorbell, the
+/// peer's doorbell and, between processes, the connection whose hang-up tells of the
+/// peer's death.
+#[derive(Debug)]
+pub struct Link {
+    mode: Mode,
+    role: Role,
+    area: Arc<DataArea>,
+    out: Producer,
+    inp: Consumer,
+    bell: Doorbell,
+    peer_bell: Doorbell,
+    conn: Option<OwnedFd>,
+    stats: LinkStats,
+    max_errors: u64,
+    errors: u64,
+    last_error: Option<String>,
+    dead: Option<DeadReason>,
+}
+
+#[derive(Debug, Clone)]
+enum DeadReason {
+    Gone,
+    Evicted { errors: u64, last: String },
+}
+
+impl Link {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        mode: Mode,
+        role: Role,
+        area: Arc<DataArea>,
+        out: Producer,
+        inp: Consumer,
+        bell: Doorbell,
+        peer_bell: Doorbell,
+        conn: Option<OwnedFd>,
+    ) -> Link {
+        Link {
+            mode,
+            role,
+            area,
+            out,
+            inp,
+            bell,
+            peer_bell,
+            conn,
+            stats: LinkStats::default(),
+            max_errors: 0,
+            errors: 0,
+            last_error: None,
+            dead: None,
+        }
+    }
+
+    /// The channel's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The data area (writable only for the originator).
+    pub fn area(&self) -> &Arc<DataArea> {
+        &self.area
+    }
+
+    /// Ring size in IOrecs (both rings have the same).
+    pub fn slots(&self) -> usize {
+        self.out.slots()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Protocol errors tolerated before the peer is evicted (default 0: the first one
+    /// evicts).
+    pub fn set_max_errors(&mut self, max_errors: u64) {
+        self.max_errors = max_errors;
+    }
+
+    /// The last protocol error of the peer, if any.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// The doorbell this side sleeps on, for use with `epoll`: call
+    /// [`Link::arm_incoming`] first, and if it returns `false`, wait for the fd to become
+    /// readable (then read it, or call [`Link::wait_incoming`] with a zero timeout).
+    pub fn doorbell(&self) -> &Doorbell {
+        &self.bell
+    }
+
+    /// The connection to the peer (for `epoll` on its hang-up), if across processes.
+    pub fn connection(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.conn.as_ref().map(|c| c.as_fd())
+    }
+
+    pub(crate) fn connection_owned(&self) -> &OwnedFd {
+        self.conn
+            .as_ref()
+            .expect("links made by the handshake have a connection")
+    }
+
+    fn alive(&self) -> Result<(), Error> {
+        match &self.dead {
+            None => Ok(()),
+            Some(DeadReason::Gone) => Err(Error::PeerGone),
+            Some(DeadReason::Evicted { errors, last }) => Err(Error::PeerEvicted {
+                errors: *errors,
+                last: last.clone(),
+            }),
+        }
+    }
+
+    /// Records a protocol error of the peer; returns the error to report (the eviction
+    /// once past the tolerance).
+    fn violation(&mut self, err: Error) -> Error {
+        match err {
+            Error::BadCount { .. } => self.stats.bad_counts += 1,
+            Error::BadIoRec(_) => self.stats.bad_iorecs += 1,
+            other => return other,
+        }
+        self.errors += 1;
+        let text = err.to_string();
+        log::warn!("rbuf peer protocol error {}: {text}", self.errors);
+        self.last_error = Some(text.clone());
+        if self.errors > self.max_errors {
+            self.evict(text);
+            return self.alive().unwrap_err();
+        }
+        err
+    }
+
+    fn evict(&mut self, last: String) {
+        if self.dead.is_none() {
+            self.dead = Some(DeadReason::Evicted {
+                errors: self.errors,
+                last,
+            });
+            if let Some(conn) = &self.conn {
+                let _ = rustix::net::shutdown(conn, rustix::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Disconnects the peer now (it sees the connection close).
+    pub fn disconnect(&mut self) {
+        if self.dead.is_none() {
+            self.dead = Some(DeadReason::Gone);
+            if let Some(conn) = &self.conn {
+                let _ = rustix::net::shutdown(conn, rustix::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Pushes IOrecs to the peer; returns how many fit. Rings the peer only if it sleeps.
+    pub fn push(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
+        self.alive()?;
+        let (n, wake) = self.out.push(recs).map_err(|e| self.violation(e))?;
+        self.stats.sent += n as u64;
+        if wake {
+            self.peer_bell.ring();
+            self.stats.wakeups_sent += 1;
+        }
+        Ok(n)
+    }
+
+    /// Pops IOrecs from the peer, unvalidated copies; the typed ends validate them.
+    fn pop(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
+        self.alive()?;
+        let (n, wake) = self.inp.pop(out).map_err(|e| self.violation(e))?;
+        self.stats.received += n as u64;
+        if wake {
+            self.peer_bell.ring();
+            self.stats.wakeups_sent += 1;
+        }
+        Ok(n)
+    }
+
+    /// Checks, without blocking, that the peer is still connected.
+    pub fn check_peer(&mut self) -> Result<(), Error> {
+        self.alive()?;
+        if let Some(conn) = &self.conn {
+            let mut fds = [PollFd::new(conn, PollFlags::IN)];
+            let ready = rustix::event::poll(&mut fds, Some(&Timespec::default()))
+                .map_err(|e| Error::sys("poll", e))?;
+            if ready > 0 && !fds[0].revents().is_empty() {
+                self.dead = Some(DeadReason::Gone);
+                return Err(Error::PeerGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares that this side will sleep until an IOrec arrives; `true` if one already
+    /// has. For `epoll` users; [`Link::wait_incoming`] does it all.
+    pub fn arm_incoming(&mut self) -> Result<bool, Error> {
+        self.inp.arm().map_err(|e| self.violation(e))
+    }
+
+    /// Blocks until an IOrec is waiting, the peer goes away, or `timeout` passes (`None`:
+    /// forever). Spins briefly first, then sleeps on the doorbell. Returns `Ok(false)` on
+    /// timeout.
+    pub fn wait_incoming(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        self.wait(Await::Incoming, timeout)
+    }
+
+    /// Blocks until `want` slots are free in the outgoing ring (see [`Link::wait_incoming`]).
+    pub fn wait_space(&mut self, want: usize, timeout: Option<Duration>) -> Result<bool, Error> {
+        self.wait(Await::Space(want), timeout)
+    }
+
+    fn ready(&mut self, what: Await) -> Result<bool, Error> {
+        let r = match what {
+            Await::Incoming => self.inp.pending().map(|n| n > 0),
+            Await::Space(want) => self.out.free().map(|n| n >= want.clamp(1, self.slots())),
+        };
+        r.map_err(|e| self.violation(e))
+    }
+
+    fn arm(&mut self, what: Await) -> Result<bool, Error> {
+        let r = match what {
+            Await::Incoming => self.inp.arm(),
+            Await::Space(want) => self.out.arm(want),
+        };
+        r.map_err(|e| self.violation(e))
+    }
+
+    fn disarm(&mut self, what: Await) {
+        match what {
+            Await::Incoming => self.inp.disarm(),
+            Await::Space(_) => self.out.disarm(),
+        }
+    }
+
+    fn wait(&mut self, what: Await, timeout: Option<Duration>) -> Result<bool, Error> {
+        self.alive()?;
+        const SPINS: u32 = 200;
+        for _ in 0..SPINS {
+            if self.ready(what)? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.arm(what)? {
+                self.disarm(what);
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => Some(left),
+                    None => {
+                        self.disarm(what);
+                        return Ok(false);
+                    }
+                },
+                None => None,
+            };
+            self.stats.sleeps += 1;
+            self.sleep(left)?;
+            self.disarm(what);
+            if self.ready(what)? {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn sleep(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let ts = timeout.map(|t| Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        let mut fds = vec![PollFd::new(&self.bell, PollFlags::IN)];
+        if let Some(conn) = &self.conn {
+            fds.push(PollFd::new(conn, PollFlags::IN));
+        }
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::sys("poll", e)),
+        }
+        let hung_up = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+        self.bell.drain();
+        if hung_up {
+            self.dead = Some(DeadReason::Gone);
+            return Err(Error::PeerGone);
+        }
+        Ok(())
+    }
+}
+
+/// The master's side of a channel: lends buffers of its pool, takes them back.
+#[derive(Debug)]
+pub struct Master {
+    link: Link,
+    lent: LendSet,
+}
+
+impl Master {
+    /// Wraps a link on the master's side, for a pool of `pool_capacity` buffer ids.
+    pub fn new(link: Link, pool_capacity: usize) -> Result<Master, Error> {
+        if !link.mode.is_master(link.role) {
+            return Err(Error::Handshake(format!(
+                "a {:?} in {:?} is not the master",
+                link.role, link.mode
+            )));
+        }
+        Ok(Master {
+            link,
+            lent: LendSet::new(pool_capacity),
+        })
+    }
+
+    /// The underlying link (stats, waiting, doorbell).
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    /// The data area.
+    pub fn area(&self) -> &Arc<DataArea> {
+        &self.link.area
+    }
+
+    /// Buffers the peer holds (in the rings or in its hands).
+    pub fn lent(&self) -> &LendSet {
+        &self.lent
+    }
+
+    /// Sends IOrecs of buffers the master holds (tag = buffer id, extents inside the
+    /// buffer); returns how many fit in the ring. The sent buffers are lent to the peer.
+    pub fn send(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
+        let n = self.offer(pool, recs)?;
+        for rec in &recs[..n] {
+            pool.unhold(rec.tag() as BufId);
+        }
+        Ok(n)
+    }
+
+    /// As [`Master::send`], but the master keeps its hold on the buffers too (multicast
+    /// offers one buffer to several peers, then drops its hold with [`Pool::unhold`]).
+    pub fn offer(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
+        // Lend first (which also refuses a buffer named twice), then push, then undo the
+        // lending of whatever did not fit.
+        for (i, rec) in recs.iter().enumerate() {
+            if let Err(e) = pool
+                .check_local(rec)
+                .and_then(|id| pool.lend(id, &mut self.lent))
+            {
+                for undo in &recs[..i] {
+                    pool.unlend(undo.tag() as BufId, &mut self.lent);
+                }
+                return Err(e.into());
+            }
+        }
+        let n = match self.link.push(recs) {
+            Ok(n) => n,
+            Err(e) => {
+                for undo in recs {
+                    pool.unlend(undo.tag() as BufId, &mut self.lent);
+                }
+                return Err(e);
+            }
+        };
+        for undo in &recs[n..] {
+            pool.unlend(undo.tag() as BufId, &mut self.lent);
+        }
+        Ok(n)
+    }
+
+    /// Receives buffers coming back from the peer (TMM: done; RMM: filled), validated:
+    /// each must name a buffer lent to this peer, extents inside it. The master holds
+    /// the returned buffers (free them with [`Pool::free`] or send them again).
+    pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
+        let n = self.link.pop(out)?;
+        let mut kept = 0;
+        let mut fatal = None;
+        for i in 0..n {
+            let rec = out[i];
+            match pool.take_back(&rec, &mut self.lent) {
+                Ok(_) => {
+                    out[kept] = rec;
+                    kept += 1;
+                }
+                Err(e) => {
+                    if let err @ Error::PeerEvicted { .. } = self.link.violation(e.into()) {
+                        fatal = Some(err);
+                    }
+                }
+            }
+        }
+        if let Some(err) = fatal {
+            for rec in &out[..kept] {
+                pool.free(rec.tag() as BufId);
+            }
+            self.reclaim_all(pool);
+            return Err(err);
+        }
+        Ok(kept)
+    }
+
+    /// Receives returned buffers and frees them at once (TMM senders); returns how many.
+    pub fn reclaim(&mut self, pool: &mut Pool) -> Result<usize, Error> {
+        let mut buf = [IoRec::default(); 32];
+        let mut total = 0;
+        loop {
+            let n = self.recv(pool, &mut buf)?;
+            for rec in &buf[..n] {
+                pool.free(rec.tag() as BufId);
+            }
+            total += n;
+            if n < buf.len() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Takes back every buffer lent to the peer (after it died or was evicted); returns
+    /// how many.
+    pub fn reclaim_all(&mut self, pool: &mut Pool) -> usize {
+        pool.reclaim(&mut self.lent)
+    }
+}
+
+/// The non-master side of a channel: receives IOrecs (checked against the data area) and
+/// sends IOrecs back (TMM receiver: returns them when done; RMM originator: fills the
+/// empty buffers and sends them full).
+#[derive(Debug)]
+pub struct Peer {
+    link: Link,
+}
+
+impl Peer {
+    /// Wraps a link on the non-master side.
+    pub fn new(link: Link) -> Result<Peer, Error> {
+        if link.mode.is_master(link.role) {
+            return Err(Error::Handshake(format!(
+                "a {:?} in {:?} is the master",
+                link.role, link.mode
+            )));
+        }
+        Ok(Peer { link })
+    }
+
+    /// The underlying link (stats, waiting, doorbell).
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
+
+    /// The data area.
+    pub fn area(&self) -> &Arc<DataArea> {
+        &self.link.area
+    }
+
+    /// Receives IOrecs, each validated against the data area (at least one extent, all in
+    /// bounds); refused ones are counted and dropped.
+    pub fn recv(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
+        let n = self.link.pop(out)?;
+        let area_bytes = self.link.area.len();
+        let mut kept = 0;
+        for i in 0..n {
+            let rec = out[i];
+            match rec.validate(area_bytes) {
+                Ok(()) => {
+                    out[kept] = rec;
+                    kept += 1;
+                }
+                Err(e) => {
+                    if let err @ Error::PeerEvicted { .. } = self.link.violation(e.into()) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Sends IOrecs to the master; returns how many fit.
+    pub fn send(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
+        self.link.push(recs)
+    }
+}
