@@ -187,6 +187,13 @@ impl Link {
         self.conn.as_ref().map(|c| c.as_fd())
     }
 
+    /// This side's own shared memory: the producer memory of the outgoing ring and the
+    /// consumer memory of the incoming ring. Only for tools and tests that play a
+    /// misbehaving peer (see [`crate::ring::raw`]); normal code never needs it.
+    pub fn own_memory(&self) -> (&crate::shm::Region, &crate::shm::Region) {
+        (self.out.memory(), self.inp.memory())
+    }
+
     pub(crate) fn connection_owned(&self) -> &OwnedFd {
         self.conn
             .as_ref()
@@ -422,7 +429,7 @@ impl Master {
     /// Sends IOrecs of buffers the master holds (tag = buffer id, extents inside the
     /// buffer); returns how many fit in the ring. The sent buffers are lent to the peer.
     pub fn send(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
-        let n = self.offer(pool, recs)?;
+        let n = self.offer(pool, recs).map_err(|e| self.fail(pool, e))?;
         for rec in &recs[..n] {
             pool.unhold(rec.tag() as BufId);
         }
@@ -451,7 +458,7 @@ impl Master {
                 for undo in recs {
                     pool.unlend(undo.tag() as BufId, &mut self.lent);
                 }
-                return Err(e);
+                return Err(self.fail(pool, e));
             }
         };
         for undo in &recs[n..] {
@@ -464,7 +471,7 @@ impl Master {
     /// each must name a buffer lent to this peer, extents inside it. The master holds
     /// the returned buffers (free them with [`Pool::free`] or send them again).
     pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
-        let n = self.link.pop(out)?;
+        let n = self.link.pop(out).map_err(|e| self.fail(pool, e))?;
         let mut kept = 0;
         let mut fatal = None;
         for i in 0..n {
@@ -477,6 +484,7 @@ impl Master {
                 Err(e) => {
                     if let err @ Error::PeerEvicted { .. } = self.link.violation(e.into()) {
                         fatal = Some(err);
+                        break;
                     }
                 }
             }
@@ -507,8 +515,17 @@ impl Master {
         }
     }
 
+    /// Once the peer is gone or evicted, takes back everything it held.
+    fn fail(&mut self, pool: &mut Pool, e: Error) -> Error {
+        if matches!(e, Error::PeerGone | Error::PeerEvicted { .. }) {
+            self.reclaim_all(pool);
+        }
+        e
+    }
+
     /// Takes back every buffer lent to the peer (after it died or was evicted); returns
-    /// how many.
+    /// how many. [`Master::send`] and [`Master::recv`] do this themselves when they find
+    /// the peer gone; after a [`Link`] wait reports it, call this.
     pub fn reclaim_all(&mut self, pool: &mut Pool) -> usize {
         pool.reclaim(&mut self.lent)
     }

@@ -105,23 +105,30 @@ impl Multicast {
         Ok(delivered)
     }
 
-    /// Takes back what the receivers returned and frees buffers nobody holds any more;
-    /// also notices receivers that went away. Returns the number of returns processed.
+    /// Takes back what the receivers returned and frees buffers nobody holds any more.
+    /// Returns the number of returns processed.
     pub fn reclaim(&mut self, pool: &mut Pool) -> Result<usize, Error> {
         let mut total = 0;
         for m in self.members.iter_mut().filter(|m| m.stats.connected) {
-            let r = m
-                .master
-                .link()
-                .check_peer()
-                .and_then(|()| m.master.reclaim(pool));
-            match r {
+            match m.master.reclaim(pool) {
                 Ok(n) => total += n,
                 Err(Error::PeerGone | Error::PeerEvicted { .. }) => Self::drop_member(m, pool),
                 Err(e) => return Err(e),
             }
         }
         Ok(total)
+    }
+
+    /// Notices receivers that exited or died (a system call per receiver: call it off
+    /// the fast path, e.g. once per batch of batches) and takes back what they held.
+    /// Returns how many are still connected.
+    pub fn check_peers(&mut self, pool: &mut Pool) -> usize {
+        for m in self.members.iter_mut().filter(|m| m.stats.connected) {
+            if m.master.link().check_peer().is_err() {
+                Self::drop_member(m, pool);
+            }
+        }
+        self.members.iter().filter(|m| m.stats.connected).count()
     }
 
     fn drop_member(m: &mut Member, pool: &mut Pool) {

@@ -127,7 +127,7 @@ impl Pool {
     /// A pool of fixed slots of `slot_bytes` (a multiple of 64) covering `area_bytes`.
     pub fn slots(area_bytes: usize, slot_bytes: u32) -> Pool {
         assert!(
-            slot_bytes >= 64 && slot_bytes % 64 == 0,
+            slot_bytes >= 64 && slot_bytes.is_multiple_of(64),
             "slot size {slot_bytes}"
         );
         let count =

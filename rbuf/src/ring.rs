@@ -134,6 +134,11 @@ impl Producer {
         self.slots
     }
 
+    /// Our own memory (see [`raw`]).
+    pub fn memory(&self) -> &Region {
+        &self.mine
+    }
+
     /// IOrecs pushed so far.
     pub fn head(&self) -> u64 {
         self.head
@@ -253,6 +258,11 @@ impl Consumer {
     /// Ring size in IOrecs.
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Our own memory (see [`raw`]).
+    pub fn memory(&self) -> &Region {
+        &self.mine
     }
 
     /// IOrecs popped so far.
