@@ -90,6 +90,11 @@ impl DataArea {
         self.region.as_ptr()
     }
 
+    /// The underlying region (for 64-bit atomic words inside the area).
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
     /// Checks that `offset..offset+len_bytes` lies inside the area.
     pub fn check(&self, offset: usize, len_bytes: usize) -> Result<(), Error> {
         match offset.checked_add(len_bytes) {

@@ -77,6 +77,10 @@ pub struct LinkStats {
     pub sleeps: u64,
 }
 
+/// Polls of a wait before it sleeps, by default: a few microseconds, enough to catch a
+/// peer that is busy right now without a system call.
+pub const DEFAULT_SPINS: u32 = 200;
+
 /// What a link is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Await {
@@ -98,6 +102,7 @@ pub struct Link {
     peer_bell: Doorbell,
     conn: Option<OwnedFd>,
     stats: LinkStats,
+    spins: u32,
     max_errors: u64,
     errors: u64,
     last_error: Option<String>,
@@ -132,6 +137,7 @@ impl Link {
             peer_bell,
             conn,
             stats: LinkStats::default(),
+            spins: DEFAULT_SPINS,
             max_errors: 0,
             errors: 0,
             last_error: None,
@@ -168,6 +174,12 @@ impl Link {
     /// evicts).
     pub fn set_max_errors(&mut self, max_errors: u64) {
         self.max_errors = max_errors;
+    }
+
+    /// How many times a wait polls before it sleeps on the doorbell (default
+    /// [`DEFAULT_SPINS`]; 0: sleep at once, lowest CPU; large: busy-poll, lowest latency).
+    pub fn set_spins(&mut self, spins: u32) {
+        self.spins = spins;
     }
 
     /// The last protocol error of the peer, if any.
@@ -334,8 +346,7 @@ impl Link {
 
     fn wait(&mut self, what: Await, timeout: Option<Duration>) -> Result<bool, Error> {
         self.alive()?;
-        const SPINS: u32 = 200;
-        for _ in 0..SPINS {
+        for _ in 0..self.spins {
             if self.ready(what)? {
                 return Ok(true);
             }

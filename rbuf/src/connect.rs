@@ -292,24 +292,65 @@ impl Local {
     }
 }
 
-fn send_hello(sock: &OwnedFd, hello: &Hello, fds: &[OwnedFd]) -> Result<(), Error> {
-    let bytes = hello.encode();
+/// Most file descriptors one message may carry.
+pub const MAX_FDS: usize = 8;
+
+/// Sends one message with up to [`MAX_FDS`] file descriptors attached (`SCM_RIGHTS`).
+pub fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[OwnedFd]) -> Result<(), Error> {
     let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
-    if !borrowed.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-        return Err(Error::Handshake(
-            "too many descriptors for one message".into(),
-        ));
+    if fds.len() > MAX_FDS
+        || (!borrowed.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)))
+    {
+        return Err(Error::Handshake(format!(
+            "{} descriptors for one message (at most {MAX_FDS})",
+            fds.len()
+        )));
     }
-    rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(&bytes)],
-        &mut cmsg,
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(|e| Error::sys("sendmsg (handshake)", e))?;
+    rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut cmsg, SendFlags::NOSIGNAL)
+        .map_err(|e| Error::sys("sendmsg", e))?;
     Ok(())
+}
+
+/// Receives one message into `buf` with the file descriptors attached to it (made
+/// close-on-exec). Returns the byte count (0: the peer closed) and the descriptors.
+pub fn recv_with_fds(sock: &OwnedFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Error> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(buf)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(Error::Timeout {
+                    timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+                });
+            }
+            Err(e) => return Err(Error::sys("recvmsg", e)),
+        }
+    };
+    let mut fds = Vec::new();
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(Error::Handshake(format!(
+            "peer sent more than {MAX_FDS} file descriptors"
+        )));
+    }
+    Ok((msg.bytes.min(buf.len()), fds))
+}
+
+fn send_hello(sock: &OwnedFd, hello: &Hello, fds: &[OwnedFd]) -> Result<(), Error> {
+    send_with_fds(sock, &hello.encode(), fds)
 }
 
 fn send_refusal(sock: &OwnedFd, mut hello: Hello, reason: &str) {
@@ -322,43 +363,21 @@ fn send_refusal(sock: &OwnedFd, mut hello: Hello, reason: &str) {
 
 fn recv_hello(sock: &OwnedFd) -> Result<(Hello, Vec<OwnedFd>), Error> {
     let mut buf = [0u8; HELLO_BYTES + MAX_REASON_BYTES];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let msg = loop {
-        match rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut cmsg,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => break msg,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => {
-                return Err(Error::Handshake(format!(
-                    "peer sent no hello within {} s",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )));
-            }
-            Err(e) => return Err(Error::sys("recvmsg (handshake)", e)),
+    let (len, fds) = match recv_with_fds(sock, &mut buf) {
+        Err(Error::Timeout { .. }) => {
+            return Err(Error::Handshake(format!(
+                "peer sent no hello within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
         }
+        other => other?,
     };
-    let mut fds = Vec::new();
-    for m in cmsg.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = m {
-            fds.extend(received);
-        }
-    }
-    if msg.bytes == 0 {
+    if len == 0 {
         return Err(Error::PeerGone);
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(Error::Handshake(
-            "peer sent too many file descriptors".into(),
-        ));
-    }
-    let hello = Hello::decode(&buf[..msg.bytes.min(buf.len())])?;
+    let hello = Hello::decode(&buf[..len])?;
     if hello.status != STATUS_OK {
-        let reason = String::from_utf8_lossy(&buf[HELLO_BYTES..msg.bytes.min(buf.len())]);
+        let reason = String::from_utf8_lossy(&buf[HELLO_BYTES..len]);
         return Err(Error::Handshake(format!("peer refused: {reason}")));
     }
     Ok((hello, fds))

@@ -218,6 +218,18 @@ impl Region {
         unsafe { &*(self.ptr.as_ptr().add(offset) as *const AtomicU64) }
     }
 
+    /// Loads the 64-bit word at `offset` (8-byte aligned) with `order`.
+    pub fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
+        self.atomic_u64(offset).load(order)
+    }
+
+    /// Stores the 64-bit word at `offset` (8-byte aligned) with `order`; the region must
+    /// be this process's writable one.
+    pub fn store_u64(&self, offset: usize, value: u64, order: Ordering) {
+        assert!(self.writable, "store into a read-only region");
+        self.atomic_u64(offset).store(value, order)
+    }
+
     /// Copies a `T` out of the region with one volatile read (no reference into shared
     /// memory is ever made, so a concurrent writer cannot change what we validated).
     pub(crate) fn read_volatile<T: Copy>(&self, offset: usize) -> T {
