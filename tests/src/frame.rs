@@ -197,36 +197,22 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The byte stream of one frame: its length draw, then its payload bytes.
+/// The pseudo-random stream of one frame: its length draw, then one word per 8 payload
+/// bytes (little-endian; the last word is cut to the payload's end).
 struct FrameStream {
     state: u64,
-    word: [u8; 8],
-    used: usize,
 }
 
 impl FrameStream {
     fn new(seed: u64, seq: u64) -> FrameStream {
         let mut mix = seq;
-        let seq_hash = splitmix64(&mut mix);
         FrameStream {
-            state: seed ^ seq_hash,
-            word: [0; 8],
-            used: 8,
+            state: seed ^ splitmix64(&mut mix),
         }
     }
 
     fn next_u64(&mut self) -> u64 {
         splitmix64(&mut self.state)
-    }
-
-    fn next_byte(&mut self) -> u8 {
-        if self.used == 8 {
-            self.word = self.next_u64().to_le_bytes();
-            self.used = 0;
-        }
-        let b = self.word[self.used];
-        self.used += 1;
-        b
     }
 }
 
@@ -317,8 +303,9 @@ impl FrameGen {
         frame[field::LEN].copy_from_slice(&(len as u16).to_le_bytes());
         frame[field::RESERVED].copy_from_slice(&[0, 0]);
         let crc_at = len - CRC_LEN;
-        for b in &mut frame[field::PAYLOAD_START..crc_at] {
-            *b = stream.next_byte();
+        for chunk in frame[field::PAYLOAD_START..crc_at].chunks_mut(8) {
+            let word = stream.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
         }
         let crc = crc32fast::hash(&frame[field::CRC_START..crc_at]);
         frame[crc_at..].copy_from_slice(&crc.to_le_bytes());
@@ -386,17 +373,19 @@ impl FrameGen {
             });
         }
         let crc_at = expected_len - CRC_LEN;
-        for (offset, &found) in frame
-            .iter()
-            .enumerate()
-            .take(crc_at)
-            .skip(field::PAYLOAD_START)
-        {
-            let expected = stream.next_byte();
-            if found != expected {
+        let payload = &frame[field::PAYLOAD_START..crc_at];
+        for (i, chunk) in payload.chunks(8).enumerate() {
+            let word = stream.next_u64().to_le_bytes();
+            if chunk != &word[..chunk.len()] {
+                let (at, (&found, &expected)) = chunk
+                    .iter()
+                    .zip(&word)
+                    .enumerate()
+                    .find(|(_, (f, e))| f != e)
+                    .unwrap_or((0, (&chunk[0], &word[0])));
                 return Err(FrameError::PayloadMismatch {
                     seq,
-                    offset,
+                    offset: field::PAYLOAD_START + i * 8 + at,
                     expected,
                     found,
                 });

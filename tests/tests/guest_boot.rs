@@ -3,7 +3,7 @@
 //! command's exit status comes back. Guests run one at a time (the harness serializes them).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, UdpPeer, host_path, nic_bdf};
 
@@ -76,7 +76,7 @@ echo "self-test-list $({exe} --list 2>&1 | grep -c ': test')"
     assert_eq!(Path::new(field(o, "cwd")), host_path(&cwd));
     assert_eq!(field(o, "probe"), "it's passed through");
     // This very test binary, run inside the guest from /host, lists this file's tests.
-    assert_eq!(field(o, "self-test-list"), "3", "{o}");
+    assert_eq!(field(o, "self-test-list"), "4", "{o}");
     assert!(out.console_log.is_file());
     eprintln!("guest run took {:?}", out.duration);
     Ok(())
@@ -107,19 +107,31 @@ fn exit_status_and_output_come_back() -> Result<(), HarnessError> {
 }
 
 #[test]
-fn a_hung_guest_is_killed_at_the_timeout() {
-    let timeout = Duration::from_secs(12);
-    let err = Guest::builder()
+fn a_hung_guest_is_killed_at_the_timeout() -> Result<(), HarnessError> {
+    // Long enough for a boot on a loaded 2-core machine, short enough for the suite.
+    let timeout = Duration::from_secs(20);
+    let guest = Guest::builder()
         .timeout(timeout)
-        .run("echo sleeping; sleep 600")
-        .expect_err("the guest sleeps past its timeout");
+        .spawn("echo sleeping; sleep 600")?;
+    // The deadline runs from QEMU's start, just before `spawn` returned.
+    let spawned = Instant::now();
+    let pid = guest.pid();
+    guest.wait_for_line("sleeping", timeout)?;
+    let err = guest.wait().expect_err("the guest sleeps past its timeout");
+    let took = spawned.elapsed();
     match err {
         HarnessError::Timeout {
             timeout: t,
-            pid,
+            pid: killed,
             console_log,
         } => {
             assert_eq!(t, timeout);
+            assert_eq!(killed, pid);
+            assert!(
+                took + Duration::from_secs(1) >= timeout
+                    && took < timeout + Duration::from_secs(10),
+                "{took:?}"
+            );
             assert!(
                 !Path::new(&format!("/proc/{pid}")).exists(),
                 "QEMU pid {pid} still exists"
@@ -129,4 +141,29 @@ fn a_hung_guest_is_killed_at_the_timeout() {
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
+    Ok(())
+}
+
+#[test]
+fn qemu_start_failure_reports_its_stderr() -> Result<(), HarnessError> {
+    let (peer, _) = UdpPeer::for_qemu()?;
+    // QEMU cannot bind the port the peer already holds, so it exits before booting.
+    let taken = rbufnic_tests::Backend::Udp {
+        qemu: peer.local_addr(),
+        peer: peer.remote_addr(),
+        netns: None,
+    };
+    let err = Guest::builder()
+        .nic(Nic::e1000(MacAddr::qemu(0x12), taken))
+        .timeout(Duration::from_secs(60))
+        .run("true")
+        .expect_err("QEMU cannot start");
+    match err {
+        HarnessError::NoExitMarker { status, stderr, .. } => {
+            assert!(!status.success());
+            assert!(stderr.contains("Address already in use"), "{stderr}");
+        }
+        other => panic!("expected NoExitMarker, got {other:?}"),
+    }
+    Ok(())
 }

@@ -50,6 +50,8 @@ const HOSTFS_SLOT: usize = 0x10;
 const HUGEPAGE_MIB: u32 = 2;
 /// Host environment variables passed into the guest unless overridden.
 const PASSED_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"];
+/// How many run directories (console logs) the harness keeps.
+const KEEP_RUNS: usize = 200;
 /// How many output lines an error message quotes.
 const TAIL_LINES: usize = 30;
 
@@ -460,6 +462,7 @@ impl GuestBuilder {
             path: run_dir.clone(),
             source,
         })?;
+        prune_runs(&dir.join("runs"));
         Ok(run_dir)
     }
 
@@ -565,6 +568,26 @@ impl GuestBuilder {
             ));
         }
         args
+    }
+}
+
+/// Removes the oldest run directories beyond [`KEEP_RUNS`] (best effort).
+fn prune_runs(runs: &Path) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    let mut dirs: Vec<(SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if dirs.len() <= KEEP_RUNS {
+        return;
+    }
+    dirs.sort();
+    for (_, dir) in &dirs[..dirs.len() - KEEP_RUNS] {
+        if let Err(e) = fs::remove_dir_all(dir) {
+            log::debug!("cannot remove old run {}: {e}", dir.display());
+        }
     }
 }
 
