@@ -201,6 +201,11 @@ pub(crate) fn build_or_reuse(kernel: &Kernel, dir: &Path) -> Result<PathBuf, Har
         log::debug!("reusing {}", path.display());
         return Ok(path);
     }
+    // One builder at a time, across threads and processes; the others then reuse its file.
+    let _lock = host::lock_file(&dir.join("initramfs.lock"))?;
+    if path.is_file() {
+        return Ok(path);
+    }
 
     let mut cpio = Cpio::default();
     for d in [
@@ -235,7 +240,7 @@ pub(crate) fn build_or_reuse(kernel: &Kernel, dir: &Path) -> Result<PathBuf, Har
     }
     let bytes = cpio.finish();
 
-    // Write under a private name and rename, so concurrent runs never see half a file.
+    // Write under another name and rename, so no reader ever sees half a file.
     let tmp = dir.join(format!("{name}.tmp.{}", std::process::id()));
     fs::write(&tmp, &bytes).map_err(|source| HarnessError::Io {
         what: "writing initramfs",
