@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, UdpPeer, host_path, nic_bdf};
+use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, NicModel, UdpPeer, host_path, nic_bdf};
 
 /// Value of the line `<key> <rest>` in `output`, panicking with the output if absent.
 fn field<'a>(output: &'a str, key: &str) -> &'a str {
@@ -76,9 +76,40 @@ echo "self-test-list $({exe} --list 2>&1 | grep -c ': test')"
     assert_eq!(Path::new(field(o, "cwd")), host_path(&cwd));
     assert_eq!(field(o, "probe"), "it's passed through");
     // This very test binary, run inside the guest from /host, lists this file's tests.
-    assert_eq!(field(o, "self-test-list"), "4", "{o}");
+    assert_eq!(field(o, "self-test-list"), "5", "{o}");
     assert!(out.console_log.is_file());
     eprintln!("guest run took {:?}", out.duration);
+    Ok(())
+}
+
+#[test]
+fn every_nic_model_binds_to_vfio_pci() -> Result<(), HarnessError> {
+    let models = [
+        NicModel::E1000_82545EM,
+        NicModel::E1000_82544GC,
+        NicModel::VirtioNet,
+    ];
+    let mut builder = Guest::builder().timeout(Duration::from_secs(90));
+    let mut peers = Vec::new();
+    let mut script = String::new();
+    for (i, model) in models.iter().enumerate() {
+        let (peer, backend) = UdpPeer::for_qemu()?;
+        peers.push(peer);
+        builder = builder.nic(Nic::new(*model, MacAddr::qemu(0x50 + i as u8), backend));
+        script.push_str(&format!(
+            "d=/sys/bus/pci/devices/{bdf}; echo \"nic-{bdf} $(cat $d/vendor):$(cat $d/device) $(basename \"$(readlink $d/driver)\")\"\n",
+            bdf = nic_bdf(i)
+        ));
+    }
+    let out = builder.run(&script)?.expect_success()?;
+    for (i, model) in models.iter().enumerate() {
+        let (vendor, device) = model.pci_id();
+        assert_eq!(
+            field(&out.output, &format!("nic-{}", nic_bdf(i))),
+            format!("{vendor:#06x}:{device:#06x} vfio-pci"),
+            "{model:?}"
+        );
+    }
     Ok(())
 }
 
