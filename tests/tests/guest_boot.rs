@@ -36,6 +36,7 @@ echo "hugepages $(cat /proc/sys/vm/nr_hugepages)"
 echo "hugepages-free $(awk '/HugePages_Free/ {{print $2}}' /proc/meminfo)"
 echo "cwd $(pwd)"
 echo "probe $RBN_PROBE"
+echo "path $PATH"
 echo "self-test-list $({exe} --list 2>&1 | grep -c ': test')"
 "#,
         nic0 = nic_bdf(0),
@@ -75,6 +76,15 @@ echo "self-test-list $({exe} --list 2>&1 | grep -c ': test')"
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(Path::new(field(o, "cwd")), host_path(&cwd));
     assert_eq!(field(o, "probe"), "it's passed through");
+    // The cargo profile directory (target/debug) is on PATH, after busybox.
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    assert_eq!(
+        field(o, "path"),
+        format!(
+            "/bin:{}:/usr/bin:/usr/sbin",
+            host_path(profile_dir).display()
+        )
+    );
     // This very test binary, run inside the guest from /host, lists this file's tests.
     assert_eq!(field(o, "self-test-list"), "5", "{o}");
     assert!(out.console_log.is_file());

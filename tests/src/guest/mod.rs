@@ -7,7 +7,9 @@
 //! root is shared read-only at `/host`, so the command can run binaries freshly built
 //! under the cargo target directory; `/lib`, `/lib64` and `/usr` point into `/host`, so
 //! dynamically linked host programs run too. The command starts in the host's current
-//! directory (seen through `/host`) with `PATH=/bin:/usr/bin:/usr/sbin` (busybox first).
+//! directory (seen through `/host`) with `PATH` = busybox's `/bin`, then the cargo profile
+//! directory of the running executable (e.g. `/host/work/main/target/debug`, so the
+//! workspace's binaries run by name), then `/usr/bin:/usr/sbin`.
 //!
 //! NIC `i` (in the order given to the builder) sits at PCI address `0000:00:0{3+i}.0`
 //! ([`nic_bdf`]). QEMU runs one guest at a time per harness directory unless
@@ -500,6 +502,7 @@ impl GuestBuilder {
         set("RBN_HUGEPAGES", &self.hugepages.to_string());
         set("RBN_CWD", &host_path(&cwd).to_string_lossy());
         set("RBN_CMD", &host_path(cmd_path).to_string_lossy());
+        text.push_str(&format!("export PATH={}\n", shell_quote(&guest_path())));
         let mut env: Vec<(String, String)> = self
             .pass_env
             .iter()
@@ -588,6 +591,26 @@ fn prune_runs(runs: &Path) {
         if let Err(e) = fs::remove_dir_all(dir) {
             log::debug!("cannot remove old run {}: {e}", dir.display());
         }
+    }
+}
+
+/// The command's `PATH`: busybox, the cargo profile directory of the running executable
+/// (`target/debug` for a test in `target/debug/deps`), then the host's `/usr`.
+fn guest_path() -> String {
+    let profile_dir = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?;
+        Some(
+            if dir.file_name()? == "deps" {
+                dir.parent()?
+            } else {
+                dir
+            }
+            .to_owned(),
+        )
+    });
+    match profile_dir {
+        Some(dir) => format!("/bin:{}:/usr/bin:/usr/sbin", host_path(&dir).display()),
+        None => "/bin:/usr/bin:/usr/sbin".to_owned(),
     }
 }
 
