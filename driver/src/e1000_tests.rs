@@ -568,6 +568,19 @@ fn areas_are_mapped_by_direction_and_the_iommu_refuses_the_rest() {
     let tx_iova = r.nic.area_iova(r.tx).unwrap();
     r.tx_area.write(0, &[0x5a; 4096]).unwrap();
 
+    // Nothing the NIC may write can be targeted.
+    let rx_iova = r.nic.area_iova(r.rx).unwrap();
+    for bad in [
+        rx_iova,
+        rx_iova.add(AREA_BYTES as u64 - 1),
+        Iova(rx_iova.0 - 100),
+        Iova(0),
+    ] {
+        assert!(matches!(
+            r.nic.inject_rx_descriptor(bad),
+            Err(Error::FaultInjection(_))
+        ));
+    }
     // A descriptor pointing into the TX area: the NIC's write is refused.
     r.nic.inject_rx_descriptor(tx_iova).unwrap();
     // One pointing nowhere at all.

@@ -646,12 +646,41 @@ impl<R: Regs> E1000<R> {
         self.regs.write32(TDT, self.tx_idx.hw_tail());
     }
 
-    /// Posts one receive descriptor pointing at `iova`, outside every check: what a
-    /// corrupted or malicious descriptor would do. The IOMMU must refuse the NIC's write
-    /// unless `iova` is in a device-writable mapping. The completion is consumed by
-    /// `rx_poll` without being returned.
-    #[cfg(any(test, feature = "fault-injection"))]
+    /// Fault injection: posts one receive descriptor at `iova` that no data area backs
+    /// with write permission, to check that the IOMMU refuses the NIC's write (the guest
+    /// kernel logs a DMAR fault) and no memory changes. Refused if the buffer would
+    /// overlap memory the NIC may legitimately write (its rings or an RX area), so it can
+    /// never corrupt anything; pointing it into a TX area checks that those really are
+    /// device-read-only. The completion is consumed by `rx_poll` and only counted
+    /// ([`E1000::raw_completions`]).
     pub fn inject_rx_descriptor(&mut self, iova: Iova) -> Result<(), Error> {
+        let len = u64::from(self.config.rx_buffer_bytes);
+        let end = iova
+            .0
+            .checked_add(len)
+            .ok_or(Error::FaultInjection("IOVA range overflows"))?;
+        let writable = [
+            (self.rx.iova().0, u64::from(self.rx.len_bytes())),
+            (self.tx.iova().0, u64::from(self.tx.len_bytes())),
+        ]
+        .into_iter()
+        .chain(
+            self.areas
+                .iter()
+                .flatten()
+                .filter(|a| a.mapping.access() == DmaAccess::DeviceWrites)
+                .map(|a| (a.mapping.iova().0, a.len_bytes as u64)),
+        );
+        for (start, bytes) in writable {
+            if iova.0 < start + bytes && start < end {
+                return Err(Error::FaultInjection(
+                    "IOVA overlaps memory the NIC may write (a ring or an RX area)",
+                ));
+            }
+        }
+        if iova.0 == 0 {
+            return Err(Error::FaultInjection("IOVA 0 means \"skip\" to the NIC"));
+        }
         if self.rx_idx.space() == 0 {
             return Err(Error::FaultInjection("RX ring full"));
         }
