@@ -384,7 +384,8 @@ impl GuestBuilder {
             std::thread::spawn(move || console.pump(stdout, log_file))
         });
         Ok(RunningGuest {
-            child: Some(child),
+            child,
+            reaped: false,
             console,
             reader,
             nonce,
@@ -692,7 +693,9 @@ impl Console {
 
 /// A guest that is booting or running its command.
 pub struct RunningGuest {
-    child: Option<Child>,
+    child: Child,
+    /// Set once QEMU has been waited for, so drop does not kill a reused pid.
+    reaped: bool,
     console: Arc<Console>,
     reader: Option<JoinHandle<()>>,
     nonce: String,
@@ -714,9 +717,9 @@ impl fmt::Debug for RunningGuest {
 }
 
 impl RunningGuest {
-    /// QEMU's process id (0 once reaped).
+    /// QEMU's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.id()
     }
 
     /// The file the console is logged to.
@@ -797,11 +800,7 @@ impl RunningGuest {
 
     /// Reaps QEMU, killing it (by its pid) if the deadline passes first.
     fn wait_exit(&mut self) -> Result<ExitStatus, HarnessError> {
-        let Some(child) = self.child.as_mut() else {
-            return Err(HarnessError::InvalidConfig {
-                reason: "the guest was already reaped".to_owned(),
-            });
-        };
+        let child = &mut self.child;
         let pid = child.id();
         let io_err = |source| HarnessError::Io {
             what: "waiting for QEMU",
@@ -810,7 +809,7 @@ impl RunningGuest {
         };
         loop {
             if let Some(status) = child.try_wait().map_err(io_err)? {
-                self.child = None;
+                self.reaped = true;
                 return Ok(status);
             }
             let now = Instant::now();
@@ -822,7 +821,7 @@ impl RunningGuest {
                 // Already-exited is the only kill error; wait reaps it either way.
                 let _ = child.kill();
                 child.wait().map_err(io_err)?;
-                self.child = None;
+                self.reaped = true;
                 return Err(HarnessError::Timeout {
                     timeout: self.timeout,
                     pid,
@@ -843,10 +842,13 @@ impl RunningGuest {
 
 impl Drop for RunningGuest {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            log::warn!("dropping a running guest; killing QEMU pid {}", child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+        if !self.reaped {
+            log::warn!(
+                "dropping a running guest; killing QEMU pid {}",
+                self.child.id()
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
