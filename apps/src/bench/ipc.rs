@@ -1,0 +1,841 @@
+//! `rbufnic bench ipc`: rbuf channels between two processes, measured side by side with
+//! the peers a user would otherwise pick (a Unix `SOCK_SEQPACKET` socket, a pipe,
+//! iceoryx2) and with the physical limits (a bare shared cache line, a bare hand-over of
+//! the same buffers with one shared flag, one core's memory read bandwidth).
+//!
+//! Every figure comes from two real processes: this binary re-executes itself as the
+//! child (`rbufnic __bench-child KIND SOCKET`), pinned to the other core when there is
+//! one. All peers move the same bytes: 64-byte messages for rate and latency, 1 MiB
+//! messages for bulk, the sender writing and the receiver reading every byte.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rbuf::connect::{self, Config, Listener};
+use rbuf::shm::Region;
+use rbuf::{DataArea, Extent, IoRec, Master, Mode, PagePolicy, Peer, Pool};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+/// Knobs of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct IpcParams {
+    /// 64-byte messages per message-rate peer.
+    pub messages: u64,
+    /// Timed ping-pong round trips per latency peer.
+    pub iters: u64,
+    /// MiB moved per bulk peer.
+    pub bulk_mib: u64,
+    /// CPU for this process and for the child (`None`: no pinning).
+    pub cpus: Option<(usize, usize)>,
+}
+
+const MSG_BYTES: usize = 64;
+const BULK_BYTES: usize = 1 << 20;
+/// Buffers in flight in the bulk runs (rbuf and the bare hand-over alike).
+const BULK_DEPTH: usize = 8;
+const RATE_SLOTS: usize = 1024;
+const WARMUP: u64 = 10_000;
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Latency figures in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Latency {
+    /// Median one-way latency.
+    pub median_ns: f64,
+    /// 99th percentile.
+    pub p99_ns: f64,
+}
+
+fn latency(mut one_way_ns: Vec<u64>) -> Latency {
+    one_way_ns.sort_unstable();
+    let at = |q: f64| one_way_ns[((one_way_ns.len() - 1) as f64 * q) as usize] as f64;
+    Latency {
+        median_ns: at(0.5),
+        p99_ns: at(0.99),
+    }
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct IpcReport {
+    /// Messages per second, by peer.
+    pub rate: Vec<(&'static str, f64)>,
+    /// One-way latency, by peer.
+    pub latency: Vec<(&'static str, Latency)>,
+    /// Bytes per second, by peer.
+    pub bulk: Vec<(&'static str, f64)>,
+    /// Ratios the targets are stated in.
+    pub ratios: Vec<(&'static str, f64)>,
+}
+
+// ---------- the parent ----------
+
+struct Session {
+    dir: PathBuf,
+    params: IpcParams,
+    n: u32,
+}
+
+impl Session {
+    fn new(params: &IpcParams) -> Result<Session> {
+        let cpus = params.cpus;
+        let dir = std::env::temp_dir().join(format!("rbufnic-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some((me, _)) = cpus {
+            pin(me)?;
+        }
+        Ok(Session {
+            dir,
+            params: params.clone(),
+            n: 0,
+        })
+    }
+
+    /// Spawns the child for `kind` and returns it with the socket path it connects to.
+    fn child(&mut self, kind: &str, stdin: Stdio) -> Result<(Child, PathBuf)> {
+        self.n += 1;
+        let sock = self.dir.join(format!("{kind}-{}", self.n));
+        let mut cmd = Command::new(std::env::current_exe()?);
+        let p = &self.params;
+        cmd.arg("__bench-child").arg(kind).arg(&sock);
+        cmd.arg("--messages").arg(p.messages.to_string());
+        cmd.arg("--iters").arg(p.iters.to_string());
+        cmd.arg("--bulk-mib").arg(p.bulk_mib.to_string());
+        if let Some((_, cpu)) = p.cpus {
+            cmd.arg("--cpu").arg(cpu.to_string());
+        }
+        let child = cmd
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning the benchmark child")?;
+        Ok((child, sock))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pin(cpu: usize) -> Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).with_context(|| format!("pinning to CPU {cpu}"))
+}
+
+fn finish(mut child: Child) -> Result<String> {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("benchmark child failed ({status}): {out}");
+    }
+    Ok(out)
+}
+
+fn accept_master(
+    listener: &Listener,
+    area: Arc<DataArea>,
+    slots: usize,
+    pool: &Pool,
+) -> Result<Master> {
+    Ok(listener
+        .accept(Config::originator(Mode::Tmm, slots, area), pool.capacity())?
+        .into_master()?)
+}
+
+fn write_msg(area: &DataArea, e: Extent, seq: u64) {
+    // SAFETY: the buffer was just taken from the pool (or came back from the peer):
+    // nobody else reads or writes it until we send it.
+    let bytes = unsafe { area.bytes_mut(e) }.expect("extent from our own pool");
+    bytes.fill(seq as u8);
+}
+
+/// Reads every byte (as words); returns a sum so the reads cannot be optimised away.
+fn read_all(bytes: &[u8]) -> u64 {
+    let (words, rest) = bytes.as_chunks::<8>();
+    let mut sum = words
+        .iter()
+        .fold(0u64, |s, w| s.wrapping_add(u64::from_ne_bytes(*w)));
+    for &b in rest {
+        sum = sum.wrapping_add(u64::from(b));
+    }
+    sum
+}
+
+fn rbuf_rate(s: &mut Session, messages: u64, batch: usize) -> Result<f64> {
+    let (child, sock) = s.child(&format!("rbuf-rate-{batch}"), Stdio::null())?;
+    let listener = Listener::bind(&sock)?;
+    let area = Arc::new(DataArea::create(
+        RATE_SLOTS * 2 * 256,
+        PagePolicy::PreferHuge,
+    )?);
+    let mut pool = Pool::slots(area.len(), 256);
+    let mut master = accept_master(&listener, area.clone(), RATE_SLOTS, &pool)?;
+    let mut recs = vec![IoRec::default(); batch];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < messages || !master.lent().is_empty() {
+        master.reclaim(&mut pool)?;
+        let want = batch.min((messages - sent) as usize);
+        if want == 0 {
+            continue;
+        }
+        recs.clear();
+        for i in 0..want {
+            let Ok(id) = pool.alloc(MSG_BYTES) else { break };
+            let e = Extent::new(pool.extent(id).offset(), MSG_BYTES as u32);
+            write_msg(&area, e, sent + i as u64);
+            recs.push(IoRec::single(u64::from(id), e));
+        }
+        let n = master.send(&mut pool, &recs)?;
+        for rec in &recs[n..] {
+            pool.free(rec.tag() as u32);
+        }
+        sent += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    master.link().disconnect();
+    finish(child)?;
+    Ok(messages as f64 / secs)
+}
+
+fn child_rbuf_rate(sock: &Path, batch: usize) -> Result<()> {
+    let mut peer = connect_peer(sock, RATE_SLOTS)?;
+    let mut recs = vec![IoRec::default(); batch];
+    let mut sum = 0u64;
+    loop {
+        let n = match peer.recv(&mut recs) {
+            Ok(n) => n,
+            Err(rbuf::Error::PeerGone) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            if peer.link().check_peer().is_err() {
+                break;
+            }
+            continue;
+        }
+        for rec in &recs[..n] {
+            // SAFETY: the originator does not touch a buffer it lent until we return it.
+            sum = sum.wrapping_add(read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?));
+        }
+        let mut done = 0;
+        while done < n {
+            done += peer.send(&recs[done..n])?;
+        }
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+fn connect_peer(sock: &Path, slots: usize) -> Result<Peer> {
+    let start = Instant::now();
+    loop {
+        match connect::connect(sock, Config::receiver(Mode::Tmm, slots), 0) {
+            Ok(e) => return Ok(e.into_peer()?),
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn unix_listener(path: &Path, ty: SocketType) -> Result<OwnedFd> {
+    let sock = rustix::net::socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?;
+    rustix::net::bind(&sock, &SocketAddrUnix::new(path)?)?;
+    rustix::net::listen(&sock, 1)?;
+    Ok(sock)
+}
+
+fn unix_connect(path: &Path, ty: SocketType) -> Result<OwnedFd> {
+    let start = Instant::now();
+    loop {
+        let sock = rustix::net::socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?;
+        match rustix::net::connect(&sock, &SocketAddrUnix::new(path)?) {
+            Ok(()) => return Ok(sock),
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn send_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<()> {
+    while !buf.is_empty() {
+        let n = rustix::io::write(fd, buf)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+fn recv_exact(fd: &OwnedFd, mut buf: &mut [u8]) -> Result<()> {
+    while !buf.is_empty() {
+        let n = rustix::io::read(fd, &mut *buf)?;
+        if n == 0 {
+            bail!("peer closed");
+        }
+        buf = &mut buf[n..];
+    }
+    Ok(())
+}
+
+fn uds_rate(s: &mut Session, messages: u64) -> Result<f64> {
+    let (child, sock) = s.child("uds-rate", Stdio::null())?;
+    let listener = unix_listener(&sock, SocketType::SEQPACKET)?;
+    let conn = rustix::net::accept(&listener)?;
+    let mut msg = [0u8; MSG_BYTES];
+    let start = Instant::now();
+    for seq in 0..messages {
+        msg.fill(seq as u8);
+        rustix::net::send(&conn, &msg, rustix::net::SendFlags::empty())?;
+    }
+    let mut ack = [0u8; 8];
+    rustix::net::recv(&conn, &mut ack, rustix::net::RecvFlags::empty())?;
+    let secs = start.elapsed().as_secs_f64();
+    finish(child)?;
+    Ok(messages as f64 / secs)
+}
+
+fn child_uds_rate(sock: &Path, messages: u64) -> Result<()> {
+    let conn = unix_connect(sock, SocketType::SEQPACKET)?;
+    let mut msg = [0u8; MSG_BYTES];
+    let mut sum = 0;
+    for _ in 0..messages {
+        rustix::net::recv(&conn, &mut msg, rustix::net::RecvFlags::empty())?;
+        sum = read_all(&msg).wrapping_add(sum);
+    }
+    rustix::net::send(&conn, &[1u8; 8], rustix::net::SendFlags::empty())?;
+    println!("{sum}");
+    Ok(())
+}
+
+fn pipe_rate(s: &mut Session, messages: u64) -> Result<f64> {
+    let (mut child, _) = s.child("pipe-rate", Stdio::piped())?;
+    let mut pipe = child.stdin.take().expect("piped");
+    let mut msg = [0u8; MSG_BYTES];
+    let start = Instant::now();
+    for seq in 0..messages {
+        msg.fill(seq as u8);
+        pipe.write_all(&msg)?;
+    }
+    drop(pipe);
+    let out = finish(child)?;
+    let secs = start.elapsed().as_secs_f64();
+    if out.trim().is_empty() {
+        bail!("pipe child reported nothing");
+    }
+    Ok(messages as f64 / secs)
+}
+
+fn child_pipe_rate(messages: u64) -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut msg = [0u8; MSG_BYTES];
+    let mut sum = 0;
+    for _ in 0..messages {
+        input.read_exact(&mut msg)?;
+        sum = read_all(&msg).wrapping_add(sum);
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> {
+    let kind = if blocking {
+        "rbuf-pong-block"
+    } else {
+        "rbuf-pong-poll"
+    };
+    let (child, sock) = s.child(kind, Stdio::null())?;
+    let listener = Listener::bind(&sock)?;
+    let area = Arc::new(DataArea::create(64 * 256, PagePolicy::PreferHuge)?);
+    let mut pool = Pool::slots(area.len(), 256);
+    let mut master = accept_master(&listener, area.clone(), 64, &pool)?;
+    master.link().set_spins(if blocking { 0 } else { u32::MAX });
+    let mut back = [IoRec::default(); 1];
+    let mut samples = Vec::with_capacity(iters as usize);
+    for i in 0..WARMUP + iters {
+        let id = pool.alloc(MSG_BYTES)?;
+        let e = Extent::new(pool.extent(id).offset(), MSG_BYTES as u32);
+        let t = Instant::now();
+        write_msg(&area, e, i);
+        master.send(&mut pool, &[IoRec::single(u64::from(id), e)])?;
+        loop {
+            if master.recv(&mut pool, &mut back)? == 1 {
+                break;
+            }
+            if blocking {
+                master.link().wait_incoming(Some(CHILD_TIMEOUT))?;
+            }
+        }
+        let rtt = t.elapsed();
+        pool.free(back[0].tag() as u32);
+        if i >= WARMUP {
+            samples.push(rtt.as_nanos() as u64 / 2);
+        }
+    }
+    master.link().disconnect();
+    finish(child)?;
+    Ok(latency(samples))
+}
+
+fn child_rbuf_pong(sock: &Path, blocking: bool) -> Result<()> {
+    let mut peer = connect_peer(sock, 64)?;
+    peer.link().set_spins(if blocking { 0 } else { u32::MAX });
+    let mut recs = [IoRec::default(); 1];
+    let mut sum = 0;
+    loop {
+        match peer.recv(&mut recs) {
+            Ok(1) => {
+                // SAFETY: the originator does not touch a lent buffer until it is returned.
+                sum =
+                    read_all(unsafe { peer.area().bytes(recs[0].extents()[0]) }?).wrapping_add(sum);
+                peer.send(&recs)?;
+            }
+            Ok(_) => match peer.link().wait_incoming(Some(CHILD_TIMEOUT)) {
+                Ok(_) => {}
+                Err(rbuf::Error::PeerGone) => break,
+                Err(e) => return Err(e.into()),
+            },
+            Err(rbuf::Error::PeerGone) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+fn uds_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+    let (child, sock) = s.child("uds-pong", Stdio::null())?;
+    let listener = unix_listener(&sock, SocketType::SEQPACKET)?;
+    let conn = rustix::net::accept(&listener)?;
+    let mut msg = [0u8; MSG_BYTES];
+    let mut samples = Vec::with_capacity(iters as usize);
+    for i in 0..WARMUP + iters {
+        let t = Instant::now();
+        msg.fill(i as u8);
+        rustix::net::send(&conn, &msg, rustix::net::SendFlags::empty())?;
+        rustix::net::recv(&conn, &mut msg, rustix::net::RecvFlags::empty())?;
+        let rtt = t.elapsed();
+        if i >= WARMUP {
+            samples.push(rtt.as_nanos() as u64 / 2);
+        }
+    }
+    drop(conn);
+    finish(child)?;
+    Ok(latency(samples))
+}
+
+fn child_uds_pong(sock: &Path) -> Result<()> {
+    let conn = unix_connect(sock, SocketType::SEQPACKET)?;
+    let mut msg = [0u8; MSG_BYTES];
+    loop {
+        let (n, _) = rustix::net::recv(&conn, &mut msg, rustix::net::RecvFlags::empty())?;
+        if n == 0 {
+            return Ok(());
+        }
+        rustix::net::send(&conn, &msg, rustix::net::SendFlags::empty())?;
+    }
+}
+
+/// Two 64-bit words, each in its own region written by one process only: the physical
+/// limit of any shared-memory ping-pong (one cache line each way per round trip).
+fn bare_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+    let (child, sock) = s.child("bare-pong", Stdio::null())?;
+    let (ping, pong, _conn) = exchange_regions(&sock, 4096)?;
+    let mut samples = Vec::with_capacity(iters as usize);
+    for i in 1..=WARMUP + iters {
+        let t = Instant::now();
+        ping.store_u64(0, i, Ordering::Release);
+        while pong.load_u64(0, Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+        let rtt = t.elapsed();
+        if i > WARMUP {
+            samples.push(rtt.as_nanos() as u64 / 2);
+        }
+    }
+    ping.store_u64(0, u64::MAX, Ordering::Release);
+    finish(child)?;
+    Ok(latency(samples))
+}
+
+fn child_bare_pong(sock: &Path) -> Result<()> {
+    let (pong, ping, _conn) = connect_regions(sock, 4096)?;
+    let mut last = 0;
+    loop {
+        let v = ping.load_u64(0, Ordering::Acquire);
+        if v == u64::MAX {
+            return Ok(());
+        }
+        if v != last {
+            pong.store_u64(0, v, Ordering::Release);
+            last = v;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Parent side of a bare set-up: creates its region of `len` bytes, sends a read-only
+/// descriptor, receives the child's. Returns (ours, theirs, connection).
+fn exchange_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
+    let listener = unix_listener(sock, SocketType::SEQPACKET)?;
+    let conn = rustix::net::accept(&listener)?;
+    let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
+    connect::send_with_fds(
+        &conn,
+        &(mine.len() as u64).to_le_bytes(),
+        &[mine.readonly_fd()?],
+    )?;
+    let (theirs, conn) = recv_region(conn)?;
+    Ok((mine, theirs, conn))
+}
+
+fn connect_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
+    let conn = unix_connect(sock, SocketType::SEQPACKET)?;
+    let (theirs, conn) = recv_region(conn)?;
+    let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
+    connect::send_with_fds(
+        &conn,
+        &(mine.len() as u64).to_le_bytes(),
+        &[mine.readonly_fd()?],
+    )?;
+    Ok((mine, theirs, conn))
+}
+
+fn recv_region(conn: OwnedFd) -> Result<(Region, OwnedFd)> {
+    let mut len = [0u8; 8];
+    let (n, mut fds) = connect::recv_with_fds(&conn, &mut len)?;
+    if n != 8 || fds.len() != 1 {
+        bail!("bare set-up: got {n} bytes and {} descriptors", fds.len());
+    }
+    let region = Region::map_readonly(fds.remove(0), u64::from_le_bytes(len) as usize)?;
+    Ok((region, conn))
+}
+
+fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
+    let (child, sock) = s.child("rbuf-bulk", Stdio::null())?;
+    let listener = Listener::bind(&sock)?;
+    let area = Arc::new(DataArea::create(
+        BULK_DEPTH * BULK_BYTES,
+        PagePolicy::PreferHuge,
+    )?);
+    let mut pool = Pool::extents(area.len(), 4096, BULK_DEPTH);
+    let mut master = accept_master(&listener, area.clone(), BULK_DEPTH, &pool)?;
+    master.link().set_spins(u32::MAX);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < mib {
+        master.reclaim(&mut pool)?;
+        let Ok(id) = pool.alloc(BULK_BYTES) else {
+            continue;
+        };
+        let e = pool.extent(id);
+        write_msg(&area, e, sent);
+        let rec = pool.iorec(id);
+        if master.send(&mut pool, &[rec])? == 0 {
+            pool.free(id);
+            continue;
+        }
+        sent += 1;
+    }
+    while !master.lent().is_empty() {
+        master.reclaim(&mut pool)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    master.link().disconnect();
+    finish(child)?;
+    Ok((mib * BULK_BYTES as u64) as f64 / secs)
+}
+
+fn child_rbuf_bulk(sock: &Path) -> Result<()> {
+    let mut peer = connect_peer(sock, BULK_DEPTH)?;
+    peer.link().set_spins(u32::MAX);
+    let mut recs = [IoRec::default(); BULK_DEPTH];
+    let mut sum = 0;
+    loop {
+        let n = match peer.recv(&mut recs) {
+            Ok(0) => match peer.link().wait_incoming(Some(CHILD_TIMEOUT)) {
+                Ok(_) => continue,
+                Err(rbuf::Error::PeerGone) => break,
+                Err(e) => return Err(e.into()),
+            },
+            Ok(n) => n,
+            Err(rbuf::Error::PeerGone) => break,
+            Err(e) => return Err(e.into()),
+        };
+        for rec in &recs[..n] {
+            // SAFETY: the originator does not touch a lent buffer until it is returned.
+            sum = read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?).wrapping_add(sum);
+        }
+        let mut done = 0;
+        while done < n {
+            done += peer.send(&recs[done..n])?;
+        }
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+/// The same buffers handed over with nothing but a count each way: the sender fills
+/// buffer `i % depth` once the receiver's count says it is free, then publishes `i + 1`;
+/// the receiver reads it and publishes its own count.
+fn bare_bulk(s: &mut Session, mib: u64) -> Result<f64> {
+    let (child, sock) = s.child("bare-bulk", Stdio::null())?;
+    let (mine, theirs, _conn) = exchange_regions(&sock, BULK_DEPTH * BULK_BYTES + 4096)?;
+    let area_off = 4096;
+    let start = Instant::now();
+    for i in 0..mib {
+        while i >= theirs.load_u64(0, Ordering::Acquire) + BULK_DEPTH as u64 {
+            std::hint::spin_loop();
+        }
+        let off = area_off + (i as usize % BULK_DEPTH) * BULK_BYTES;
+        fill_region(&mine, off, i as u8);
+        mine.store_u64(0, i + 1, Ordering::Release);
+    }
+    while theirs.load_u64(0, Ordering::Acquire) < mib {
+        std::hint::spin_loop();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    mine.store_u64(8, 1, Ordering::Release);
+    finish(child)?;
+    Ok((mib * BULK_BYTES as u64) as f64 / secs)
+}
+
+fn fill_region(region: &Region, offset: usize, value: u8) {
+    // SAFETY: by the hand-over protocol the receiver is done with this buffer (its count
+    // passed it) and reads it again only after we publish; nobody else writes it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr().add(offset), BULK_BYTES) };
+    bytes.fill(value);
+}
+
+fn child_bare_bulk(sock: &Path) -> Result<()> {
+    let (mine, theirs, _conn) = connect_regions(sock, 4096)?;
+    let mut next = 0u64;
+    let mut sum = 0;
+    while theirs.load_u64(8, Ordering::Acquire) == 0 {
+        if theirs.load_u64(0, Ordering::Acquire) > next {
+            let off = 4096 + (next as usize % BULK_DEPTH) * BULK_BYTES;
+            // SAFETY: the sender published this buffer and does not write it again until
+            // our count passes it; the mapping is read-only here.
+            let bytes = unsafe { std::slice::from_raw_parts(theirs.as_ptr().add(off), BULK_BYTES) };
+            sum = read_all(bytes).wrapping_add(sum);
+            next += 1;
+            mine.store_u64(0, next, Ordering::Release);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+fn stream_bulk(s: &mut Session, mib: u64, pipe: bool) -> Result<f64> {
+    let mut buf = vec![0u8; BULK_BYTES];
+    if pipe {
+        let (mut child, _) = s.child("pipe-bulk", Stdio::piped())?;
+        let mut w = child.stdin.take().expect("piped");
+        // A 1 MiB pipe buffer, the most an unprivileged process may ask for by default.
+        let _ = rustix::pipe::fcntl_setpipe_size(&w, BULK_BYTES);
+        let start = Instant::now();
+        for i in 0..mib {
+            buf.fill(i as u8);
+            w.write_all(&buf)?;
+        }
+        drop(w);
+        finish(child)?;
+        Ok((mib * BULK_BYTES as u64) as f64 / start.elapsed().as_secs_f64())
+    } else {
+        let (child, sock) = s.child("uds-bulk", Stdio::null())?;
+        let listener = unix_listener(&sock, SocketType::STREAM)?;
+        let conn = rustix::net::accept(&listener)?;
+        let start = Instant::now();
+        for i in 0..mib {
+            buf.fill(i as u8);
+            send_all(&conn, &buf)?;
+        }
+        let mut ack = [0u8; 1];
+        recv_exact(&conn, &mut ack)?;
+        let secs = start.elapsed().as_secs_f64();
+        finish(child)?;
+        Ok((mib * BULK_BYTES as u64) as f64 / secs)
+    }
+}
+
+fn child_stream_bulk(sock: Option<&Path>, mib: u64) -> Result<()> {
+    let mut buf = vec![0u8; BULK_BYTES];
+    let mut sum = 0;
+    match sock {
+        Some(sock) => {
+            let conn = unix_connect(sock, SocketType::STREAM)?;
+            for _ in 0..mib {
+                recv_exact(&conn, &mut buf)?;
+                sum = read_all(&buf).wrapping_add(sum);
+            }
+            send_all(&conn, &[1])?;
+        }
+        None => {
+            let mut input = std::io::stdin().lock();
+            for _ in 0..mib {
+                input.read_exact(&mut buf)?;
+                sum = read_all(&buf).wrapping_add(sum);
+            }
+        }
+    }
+    println!("{sum}");
+    Ok(())
+}
+
+/// iceoryx2 publish-subscribe ping-pong, busy-polling on both sides (its fastest mode).
+fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+    let service = format!("rbufnic-bench-{}-{}", std::process::id(), s.n + 1);
+    let (child, _) = s.child(&format!("iceoryx2-pong:{service}"), Stdio::null())?;
+    let samples = super::iceoryx::ping(&service, WARMUP, iters);
+    let out = finish(child);
+    super::iceoryx::cleanup(&service);
+    out?;
+    Ok(latency(samples?))
+}
+
+/// One core reading a buffer much larger than the caches, in bytes per second.
+fn read_bandwidth() -> f64 {
+    let buf = vec![1u8; 256 << 20];
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sum = read_all(std::hint::black_box(&buf));
+        std::hint::black_box(sum);
+        best = best.max(buf.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Runs every measurement and returns the figures.
+pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
+    let mut s = Session::new(p)?;
+    let mut rate = Vec::new();
+    progress("message rate: rbuf batch 1");
+    rate.push(("rbuf batch 1", rbuf_rate(&mut s, p.messages, 1)?));
+    progress("message rate: rbuf batch 32");
+    rate.push(("rbuf batch 32", rbuf_rate(&mut s, p.messages, 32)?));
+    progress("message rate: unix seqpacket");
+    rate.push(("unix seqpacket", uds_rate(&mut s, p.messages)?));
+    progress("message rate: pipe");
+    rate.push(("pipe", pipe_rate(&mut s, p.messages)?));
+
+    let mut lat = Vec::new();
+    progress("latency: rbuf busy-poll");
+    lat.push(("rbuf poll", rbuf_latency(&mut s, p.iters, false)?));
+    progress("latency: rbuf blocking");
+    lat.push(("rbuf blocking", rbuf_latency(&mut s, p.iters, true)?));
+    progress("latency: unix seqpacket");
+    lat.push(("unix seqpacket", uds_latency(&mut s, p.iters)?));
+    progress("latency: iceoryx2");
+    lat.push(("iceoryx2", iceoryx_latency(&mut s, p.iters)?));
+    progress("latency: bare cache line");
+    lat.push(("bare cache line", bare_latency(&mut s, p.iters)?));
+
+    let mut bulk = Vec::new();
+    progress("bulk: rbuf");
+    bulk.push(("rbuf", rbuf_bulk(&mut s, p.bulk_mib)?));
+    progress("bulk: unix stream");
+    bulk.push(("unix stream", stream_bulk(&mut s, p.bulk_mib, false)?));
+    progress("bulk: pipe");
+    bulk.push(("pipe", stream_bulk(&mut s, p.bulk_mib, true)?));
+    progress("bulk: bare hand-over");
+    bulk.push(("bare hand-over", bare_bulk(&mut s, p.bulk_mib)?));
+    progress("bulk: one-core read bandwidth");
+    bulk.push(("one-core read bandwidth", read_bandwidth()));
+
+    let get = |v: &[(&str, f64)], k: &str| {
+        v.iter()
+            .find(|(n, _)| *n == k)
+            .map(|x| x.1)
+            .expect("measured")
+    };
+    let lat_of = |k: &str| {
+        lat.iter()
+            .find(|(n, _)| *n == k)
+            .map(|x| x.1.median_ns)
+            .expect("measured")
+    };
+    let ratios = vec![
+        (
+            "msg_rate_batch32_vs_uds",
+            get(&rate, "rbuf batch 32") / get(&rate, "unix seqpacket"),
+        ),
+        (
+            "msg_rate_batch1_vs_uds",
+            get(&rate, "rbuf batch 1") / get(&rate, "unix seqpacket"),
+        ),
+        (
+            "latency_poll_vs_iceoryx2",
+            lat_of("rbuf poll") / lat_of("iceoryx2"),
+        ),
+        (
+            "latency_poll_vs_bare",
+            lat_of("rbuf poll") / lat_of("bare cache line"),
+        ),
+        (
+            "latency_poll_vs_uds",
+            lat_of("rbuf poll") / lat_of("unix seqpacket"),
+        ),
+        (
+            "bulk_vs_bare_handoff",
+            get(&bulk, "rbuf") / get(&bulk, "bare hand-over"),
+        ),
+        (
+            "bulk_vs_uds",
+            get(&bulk, "rbuf") / get(&bulk, "unix stream"),
+        ),
+    ];
+    Ok(IpcReport {
+        rate,
+        latency: lat,
+        bulk,
+        ratios,
+    })
+}
+
+/// The child side: `kind` names the measurement, `sock` where to connect.
+pub fn child(kind: &str, sock: &Path, p: &IpcParams, cpu: Option<usize>) -> Result<()> {
+    // Die with the parent so an interrupted benchmark leaves nothing spinning.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if let Some(cpu) = cpu {
+        pin(cpu)?;
+    }
+    match kind {
+        "rbuf-rate-1" => child_rbuf_rate(sock, 1),
+        "rbuf-rate-32" => child_rbuf_rate(sock, 32),
+        "uds-rate" => child_uds_rate(sock, p.messages),
+        "pipe-rate" => child_pipe_rate(p.messages),
+        "rbuf-pong-poll" => child_rbuf_pong(sock, false),
+        "rbuf-pong-block" => child_rbuf_pong(sock, true),
+        "uds-pong" => child_uds_pong(sock),
+        "bare-pong" => child_bare_pong(sock),
+        "rbuf-bulk" => child_rbuf_bulk(sock),
+        "bare-bulk" => child_bare_bulk(sock),
+        "uds-bulk" => child_stream_bulk(Some(sock), p.bulk_mib),
+        "pipe-bulk" => child_stream_bulk(None, p.bulk_mib),
+        other => match other.strip_prefix("iceoryx2-pong:") {
+            Some(service) => Ok(super::iceoryx::pong(service, CHILD_TIMEOUT)?),
+            None => bail!("unknown benchmark child {other}"),
+        },
+    }
+}

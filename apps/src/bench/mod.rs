@@ -1,0 +1,5 @@
+//! Benchmarks. Each prints ratios against peers measured in the same run: absolute
+//! numbers on shared machines vary, ratios much less.
+
+pub mod iceoryx;
+pub mod ipc;

@@ -1,0 +1,4 @@
+//! The rbufnic applications as library functions; `main.rs` is a thin command line over
+//! them.
+
+pub mod bench;

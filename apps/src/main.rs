@@ -1,0 +1,160 @@
+//! `rbufnic`: the command line of the rbufnic userspace NIC stack.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use rbufnic::bench::ipc::{self, IpcParams, IpcReport};
+
+#[derive(Parser)]
+#[command(name = "rbufnic", version, about = "Userspace NIC stack on Rbuf channels", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks that compare rbuf against peers measured in the same run.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Internal: the second process of a benchmark.
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild {
+        kind: String,
+        socket: PathBuf,
+        #[arg(long)]
+        cpu: Option<usize>,
+        #[command(flatten)]
+        params: IpcArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Inter-process transport: rbuf channels between two processes against a Unix
+    /// socket, a pipe and iceoryx2, and against the physical limits (a bare cache-line
+    /// bounce, a bare hand-over of the same buffers, one core's read bandwidth).
+    Ipc {
+        #[command(flatten)]
+        params: IpcArgs,
+        /// Pin this process and the child to these two CPUs ("0,1"); "none" to not pin.
+        #[arg(long, default_value = "0,1")]
+        cpus: String,
+        /// Print one JSON object (figures and ratios) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct IpcArgs {
+    /// 64-byte messages sent per message-rate peer.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Timed ping-pong round trips per latency peer (after 10,000 warm-up ones).
+    #[arg(long, default_value_t = 100_000)]
+    iters: u64,
+    /// MiB moved per bulk peer, in 1 MiB messages.
+    #[arg(long, default_value_t = 2048)]
+    bulk_mib: u64,
+}
+
+impl IpcArgs {
+    fn params(&self, cpus: Option<(usize, usize)>) -> IpcParams {
+        IpcParams {
+            messages: self.messages,
+            iters: self.iters,
+            bulk_mib: self.bulk_mib,
+            cpus,
+        }
+    }
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let (a, b) = s.split_once(',').ok_or_else(|| {
+        anyhow::anyhow!("--cpus wants two CPU numbers like 0,1 (or none), not {s:?}")
+    })?;
+    Ok(Some((a.trim().parse()?, b.trim().parse()?)))
+}
+
+fn print_table(r: &IpcReport) {
+    println!("{:<34} {:>14}", "message rate, 64 B", "Mmsg/s");
+    for (name, v) in &r.rate {
+        println!("  {name:<32} {:>14.2}", v / 1e6);
+    }
+    println!(
+        "{:<34} {:>14} {:>10}",
+        "one-way latency", "median ns", "p99 ns"
+    );
+    for (name, l) in &r.latency {
+        println!("  {name:<32} {:>14.0} {:>10.0}", l.median_ns, l.p99_ns);
+    }
+    println!("{:<34} {:>14}", "bulk, 1 MiB messages", "GB/s");
+    for (name, v) in &r.bulk {
+        println!("  {name:<32} {:>14.2}", v / 1e9);
+    }
+    println!("ratios (latency: lower is better)");
+    for (name, v) in &r.ratios {
+        println!("  {name:<32} {v:>14.2}");
+    }
+}
+
+fn json(r: &IpcReport) -> serde_json::Value {
+    let obj = |v: &[(&str, f64)]| {
+        serde_json::Value::Object(
+            v.iter()
+                .map(|(k, x)| (k.to_string(), serde_json::json!(x)))
+                .collect(),
+        )
+    };
+    serde_json::json!({
+        "msg_rate_per_s": obj(&r.rate),
+        "latency_ns": serde_json::Value::Object(r.latency.iter().map(|(k, l)| {
+            (k.to_string(), serde_json::json!({"median": l.median_ns, "p99": l.p99_ns}))
+        }).collect()),
+        "bulk_bytes_per_s": obj(&r.bulk),
+        "ratios": obj(&r.ratios),
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bench(Bench::Ipc {
+            params,
+            cpus,
+            json: as_json,
+        }) => {
+            let cpus = parse_cpus(&cpus)?;
+            let report = ipc::run(&params.params(cpus), &mut |step| {
+                eprintln!("bench ipc: {step}")
+            })?;
+            if as_json {
+                println!("{}", json(&report));
+            } else {
+                print_table(&report);
+            }
+            Ok(())
+        }
+        Command::BenchChild {
+            kind,
+            socket,
+            cpu,
+            params,
+        } => ipc::child(&kind, &socket, &params.params(None), cpu),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rbufnic: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

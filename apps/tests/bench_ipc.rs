@@ -1,0 +1,64 @@
+//! `rbufnic bench ipc` end to end, small: every peer runs in a real second process and
+//! the JSON carries the figures and the ratios scripts check.
+
+use std::process::Command;
+
+#[test]
+fn bench_ipc_json_has_every_figure_and_ratio() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rbufnic"))
+        .args(["bench", "ipc", "--json", "--cpus", "none"])
+        .args(["--messages", "20000", "--iters", "2000", "--bulk-mib", "32"])
+        .output()
+        .expect("run rbufnic");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "msg_rate_batch32_vs_uds",
+        "latency_poll_vs_iceoryx2",
+        "latency_poll_vs_bare",
+        "bulk_vs_bare_handoff",
+    ] {
+        let r = v["ratios"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("ratio {key} in {v}"));
+        assert!(r.is_finite() && r > 0.0, "{key} = {r}");
+    }
+    for peer in ["rbuf batch 1", "rbuf batch 32", "unix seqpacket", "pipe"] {
+        assert!(v["msg_rate_per_s"][peer].as_f64().unwrap() > 0.0, "{peer}");
+    }
+    for peer in [
+        "rbuf poll",
+        "rbuf blocking",
+        "unix seqpacket",
+        "iceoryx2",
+        "bare cache line",
+    ] {
+        let l = &v["latency_ns"][peer];
+        assert!(
+            l["median"].as_f64().unwrap() > 0.0
+                && l["p99"].as_f64().unwrap() >= l["median"].as_f64().unwrap(),
+            "{peer}: {l}"
+        );
+    }
+    for peer in [
+        "rbuf",
+        "unix stream",
+        "pipe",
+        "bare hand-over",
+        "one-core read bandwidth",
+    ] {
+        assert!(
+            v["bulk_bytes_per_s"][peer].as_f64().unwrap() > 0.0,
+            "{peer}"
+        );
+    }
+    // The benchmark cleans up after itself, iceoryx2's files included.
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("iox2_rbufnic-bench"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
