@@ -234,7 +234,10 @@ fn rings_wrap_many_times_with_free_running_indices() {
     let mut next_post = 0u32;
     let mut next_seq = 0u32;
     let mut received = 0u32;
+    let mut rounds = 0;
     while received < 1000 {
+        rounds += 1;
+        assert!(rounds < 5000, "RX stalled after {received} frames");
         let space = r.nic.rx_space() as u32;
         let n = r.nic.rx_post(r.rx, &empties(next_post % 7, space)).unwrap();
         assert_eq!(n as u32, space);
@@ -260,7 +263,10 @@ fn rings_wrap_many_times_with_free_running_indices() {
     let mut done = [IoRec::default(); 8];
     let mut sent = 0u32;
     let mut reclaimed = 0u32;
+    let mut rounds = 0;
     while reclaimed < 1000 {
+        rounds += 1;
+        assert!(rounds < 5000, "TX stalled after {reclaimed} frames");
         let mut batch = Vec::new();
         for k in 0..3u32 {
             let seq = sent + k;

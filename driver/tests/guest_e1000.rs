@@ -26,6 +26,8 @@ const ARGS_VAR: &str = "E1000_SMOKE_ARGS";
 #[test]
 #[ignore = "runs inside the QEMU guest, started by the other tests"]
 fn guest_side() {
+    // libtest has printed "test guest_side ... " without a newline: end that line.
+    println!();
     let args = std::env::var(ARGS_VAR).unwrap_or_default();
     std::process::exit(smoke::run(
         args.split_whitespace().map(String::from).collect(),
@@ -441,5 +443,125 @@ fn bad_setups_get_one_clear_line_and_a_nonzero_exit() -> Result<(), HarnessError
         "{}",
         out.output
     );
+    Ok(())
+}
+
+/// Environment variable naming the devices of [`guest_irq_side`]: `E1000_BDF VIRTIO_BDF`.
+const IRQ_VAR: &str = "VFIO_IRQ_DEVICES";
+
+/// The guest side of the interrupt plumbing check: INTx of an e1000 and three MSI-X
+/// vectors of a virtio-net device, each triggered through VFIO's loopback and received on
+/// its own eventfd (and on no other).
+#[test]
+#[ignore = "runs inside the QEMU guest, started by the other tests"]
+fn guest_irq_side() {
+    use driver::pci::{PciId, SysPaths, config};
+    use driver::vfio::{Device, INTX, MSIX};
+
+    fn check() -> Result<(), driver::Error> {
+        let devices = std::env::var(IRQ_VAR).unwrap_or_default();
+        let mut it = devices
+            .split_whitespace()
+            .map(str::parse::<driver::PciAddress>);
+        let (Some(e1000), Some(virtio)) = (it.next(), it.next()) else {
+            return Err(driver::Error::FaultInjection(
+                "VFIO_IRQ_DEVICES needs two addresses",
+            ));
+        };
+        let paths = SysPaths::default();
+        let timeout = Some(Duration::from_secs(5));
+
+        let e = Device::open(&paths, e1000?, "e1000", &driver::e1000::SUPPORTED)?;
+        println!("intx-count {}", e.irq_count(INTX));
+        let intx = e.enable_intx()?;
+        e.trigger_irq(INTX, 0)?;
+        println!("intx-loopback {}", intx.wait(timeout)?);
+        e.unmask_intx()?;
+        e.disable_irq(INTX)?;
+        println!("e1000-msix-count {}", e.irq_count(MSIX));
+
+        let virtio_id = PciId {
+            vendor: 0x1af4,
+            device: 0x1041,
+        };
+        let v = Device::open(&paths, virtio?, "virtio-net", &[virtio_id])?;
+        println!("msix-count {}", v.irq_count(MSIX));
+        let irqs = v.enable_msix(3)?;
+        for (i, irq) in irqs.iter().enumerate() {
+            v.trigger_irq(MSIX, i as u32)?;
+            let got = irq.wait(timeout)?;
+            let others: u64 = irqs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, o)| o.take().unwrap_or(u64::MAX))
+                .sum();
+            println!("msix-loopback {i} {got} others {others}");
+        }
+        v.disable_irq(MSIX)?;
+        v.set_bus_master(true)?;
+        let cmd = v.config_read_u16(config::COMMAND)?;
+        println!(
+            "virtio-command master {} memory {}",
+            cmd & config::COMMAND_MASTER != 0,
+            cmd & config::COMMAND_MEMORY != 0
+        );
+        v.set_bus_master(false)?;
+        let cmd = v.config_read_u16(config::COMMAND)?;
+        println!(
+            "virtio-command-off master {}",
+            cmd & config::COMMAND_MASTER != 0
+        );
+        let bad = v.config_read(4096, &mut [0u8; 4]);
+        println!("config-beyond-end {}", bad.is_err());
+        Ok(())
+    }
+    println!();
+    match check() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+#[test]
+fn intx_and_msix_reach_their_eventfds_through_vfio() -> Result<(), HarnessError> {
+    let (_p0, b0) = UdpPeer::for_qemu()?;
+    let (_p1, b1) = UdpPeer::for_qemu()?;
+    let exe = std::env::current_exe().expect("test executable path");
+    let script = format!(
+        "{IRQ_VAR}='{} {}' {} guest_irq_side --exact --ignored --nocapture --test-threads 1",
+        nic_bdf(0),
+        nic_bdf(1),
+        host_path(&exe).display()
+    );
+    let out = Guest::builder()
+        .nic(Nic::e1000(MacAddr::qemu(0x51), b0))
+        .nic(Nic::virtio(MacAddr::qemu(0x52), b1))
+        .timeout(Duration::from_secs(200))
+        .run(&script)?;
+    assert_eq!(out.exit_status, 0, "{}", out.output);
+    assert_eq!(field(&out, "intx-count"), "1");
+    assert_eq!(field(&out, "intx-loopback"), "1");
+    // QEMU's e1000 has no MSI-X: INTx is its only interrupt.
+    assert_eq!(field(&out, "e1000-msix-count"), "0");
+    assert!(
+        field(&out, "msix-count").parse::<u32>().unwrap() >= 3,
+        "{}",
+        out.output
+    );
+    for i in 0..3 {
+        assert_eq!(
+            field(&out, &format!("msix-loopback {i}")),
+            "1 others 0",
+            "{}",
+            out.output
+        );
+    }
+    assert_eq!(field(&out, "virtio-command"), "master true memory true");
+    assert_eq!(field(&out, "virtio-command-off"), "master false");
+    assert_eq!(field(&out, "config-beyond-end"), "true");
     Ok(())
 }
