@@ -516,6 +516,15 @@ fn tx_submit_refuses_bad_iorecs_and_keeps_the_ones_before() {
     let none = IoRec::new(5);
     let err = r.nic.tx_submit(r.tx, &[ok, empty]).unwrap_err();
     assert_eq!(err.accepted(), Some(1));
+    let hole = IoRec::from_extents(
+        6,
+        &[Extent::new(0, 30), Extent::new(64, 0), Extent::new(128, 30)],
+    )
+    .unwrap();
+    assert!(matches!(
+        r.nic.tx_submit(r.tx, &[hole]),
+        Err(Error::Unusable { value: 1, .. })
+    ));
     assert!(matches!(
         r.nic.tx_submit(r.tx, &[huge]),
         Err(Error::Unusable { value: 20000, .. })
@@ -640,7 +649,8 @@ fn areas_are_removed_only_when_idle() {
     let mut r = rig(Config::default());
     r.nic.rx_post(r.rx, &empties(0, 2)).unwrap();
     let err = r.nic.remove_area(r.rx).unwrap_err();
-    assert!(matches!(err, Error::Unusable { value: 2, .. }), "{err}");
+    assert!(matches!(err, Error::AreaBusy { in_flight: 2, .. }), "{err}");
+    assert_eq!(err.accepted(), None);
     r.dev.deliver(&frame(MAC.0, 0, 64));
     r.dev.deliver(&frame(MAC.0, 1, 64));
     let mut out = [IoRec::default(); 2];
@@ -725,7 +735,7 @@ fn interrupt_mode_sleeps_until_the_nic_interrupts() {
         ..Config::default()
     });
     assert_eq!(r.dev.peek(IMS), IMS_CAUSES);
-    assert!(r.nic.irq_fd().is_some());
+    assert!(r.nic.event_fd().is_some());
     let t = Instant::now();
     assert!(!r.nic.wait(Some(Duration::from_millis(30))).unwrap());
     assert!(t.elapsed() >= Duration::from_millis(25));
@@ -750,7 +760,7 @@ fn interrupt_mode_sleeps_until_the_nic_interrupts() {
 fn polling_mode_has_no_wait() {
     let mut r = rig(Config::default());
     assert!(matches!(r.nic.wait(None), Err(Error::NoInterrupts)));
-    assert!(r.nic.irq_fd().is_none());
+    assert!(r.nic.event_fd().is_none());
 }
 
 #[test]

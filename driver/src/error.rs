@@ -183,6 +183,14 @@ pub enum Error {
         /// `RX` or `TX`.
         direction: &'static str,
     },
+    /// An area still has buffers posted to or in flight on the NIC.
+    #[error("{area:?} still has {in_flight} buffers on the NIC")]
+    AreaBusy {
+        /// The area.
+        area: AreaId,
+        /// Buffers (RX) or IOrecs (TX) not yet returned.
+        in_flight: usize,
+    },
     /// An IOrec failed validation against its area; the ones before it were accepted.
     #[error("IOrec {index} refused after {accepted} accepted: {source}")]
     BadIoRec {

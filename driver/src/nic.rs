@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use rbuf::{DataArea, IoRec};
@@ -184,6 +185,11 @@ pub trait Nic {
     /// Takes IOrecs whose frames were sent, in order, into the front of `done`. `None`
     /// when nothing completed.
     fn tx_reclaim(&mut self, done: &mut [IoRec]) -> Option<Batch>;
+
+    /// Interrupt mode: a descriptor that becomes readable when the NIC interrupts, for an
+    /// epoll loop over many NICs and channels. After it fires, [`Nic::wait`] with a zero
+    /// timeout acknowledges the interrupt. `None` in polling mode.
+    fn event_fd(&self) -> Option<BorrowedFd<'_>>;
 
     /// Interrupt mode: sleeps until the NIC interrupts or `timeout` passes (`None`:
     /// forever). Returns whether an interrupt came. Fails in polling mode.

@@ -15,7 +15,8 @@
 //!   the line) and then unmasks INTx; forgetting the unmask means one interrupt ever.
 //! - **No auto-clear, no auto-mask.** Causes stay in ICR, and the line stays asserted,
 //!   until ICR is read; there is no EIAC/EIAM as on the 82574 (`e1000e`).
-//! - **CTRL.RST resets nothing.** It self-clears and leaves every register (rings,
+//! - **CTRL.RST resets nothing**, and VFIO offers no device reset (no FLR, no PM reset:
+//!   `Device::reset` returns `false`). RST self-clears and leaves every register (rings,
 //!   RCTL.EN, IMS) as the last user left it, so `reset_and_init` writes each register it
 //!   relies on, and bus mastering is enabled only after RCTL/TCTL are off.
 //! - **No RX checksum validation.** RXCSUM is not implemented; the model sets IXSM
@@ -582,12 +583,6 @@ impl<R: Regs> E1000<R> {
             .map(|a| a.mapping.access())
     }
 
-    /// The interrupt's eventfd, for an epoll loop (interrupt mode only). After it
-    /// fires, call [`Nic::wait`] with a zero timeout to acknowledge it.
-    pub fn irq_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.irq.as_ref().map(Interrupt::as_fd)
-    }
-
     /// Register file access (diagnostics and tests).
     pub fn regs(&self) -> &R {
         &self.regs
@@ -772,12 +767,9 @@ impl<R: Regs> Nic for E1000<R> {
             });
         };
         if area.in_flight > 0 {
-            return Err(Error::Unusable {
-                index: 0,
-                accepted: 0,
-                reason: "area still has buffers posted or in flight",
-                value: area.in_flight as u64,
-                limit: 0,
+            return Err(Error::AreaBusy {
+                area: id,
+                in_flight: area.in_flight,
             });
         }
         // Dropping the mapping unmaps it; no descriptor points into it any more.
@@ -944,6 +936,16 @@ impl<R: Regs> Nic for E1000<R> {
                 break;
             }
             let extents = rec.extents();
+            if let Some(j) = extents.iter().position(Extent::is_empty) {
+                refused = Some(Error::Unusable {
+                    index,
+                    accepted,
+                    reason: "TX extent of zero bytes",
+                    value: j as u64,
+                    limit: 0,
+                });
+                break;
+            }
             if extents.len() > self.tx_idx.space() {
                 break; // all or nothing: wait for room
             }
@@ -955,7 +957,7 @@ impl<R: Regs> Nic for E1000<R> {
                     TXD_CMD_IFCS
                 };
                 let slot = self.tx_idx.slot(self.tx_idx.tail());
-                // An empty extent becomes a zero-length descriptor, which the NIC skips.
+                // Each extent is at most MAX_TX_FRAME_BYTES (checked above): fits 16 bits.
                 self.tx.write(
                     slot,
                     TxDesc::data(base.0 + u64::from(e.offset()), e.len() as u16, cmd).to_words(),
@@ -1023,6 +1025,10 @@ impl<R: Regs> Nic for E1000<R> {
             area: AreaId(area),
             count,
         })
+    }
+
+    fn event_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.irq.as_ref().map(Interrupt::as_fd)
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
