@@ -835,3 +835,11 @@ fn drop_stops_the_nic_before_unmapping_everything() {
     assert!(!dev.deliver(&frame(MAC.0, 0, 64)));
     drop((rx_area, tx_area));
 }
+
+#[test]
+fn a_real_nic_can_move_to_a_driver_thread() {
+    fn send<T: Send>() {}
+    send::<E1000<crate::mmio::Bar>>();
+    send::<crate::vfio::Device>();
+    send::<crate::dma::DmaMapping>();
+}
