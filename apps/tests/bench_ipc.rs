@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn bench_ipc_json_has_every_figure_and_ratio() {
     let out = Command::new(env!("CARGO_BIN_EXE_rbufnic"))
-        .args(["bench", "ipc", "--json", "--cpus", "none"])
+        .args(["bench", "ipc", "--json"])
         .args(["--messages", "20000", "--iters", "2000", "--bulk-mib", "32"])
         .output()
         .expect("run rbufnic");

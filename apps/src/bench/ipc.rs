@@ -40,7 +40,10 @@ const BULK_BYTES: usize = 1 << 20;
 /// Buffers in flight in the bulk runs (rbuf and the bare hand-over alike).
 const BULK_DEPTH: usize = 8;
 const RATE_SLOTS: usize = 1024;
-const WARMUP: u64 = 10_000;
+/// Untimed round trips before the timed ones: a tenth of them, at most 10,000.
+fn warmup(iters: u64) -> u64 {
+    (iters / 10).min(10_000)
+}
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Latency figures in nanoseconds.
@@ -369,7 +372,7 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
     master.link().set_spins(if blocking { 0 } else { u32::MAX });
     let mut back = [IoRec::default(); 1];
     let mut samples = Vec::with_capacity(iters as usize);
-    for i in 0..WARMUP + iters {
+    for i in 0..warmup(iters) + iters {
         let id = pool.alloc(MSG_BYTES)?;
         let e = Extent::new(pool.extent(id).offset(), MSG_BYTES as u32);
         let t = Instant::now();
@@ -385,7 +388,7 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
         }
         let rtt = t.elapsed();
         pool.free(back[0].tag() as u32);
-        if i >= WARMUP {
+        if i >= warmup(iters) {
             samples.push(rtt.as_nanos() as u64 / 2);
         }
     }
@@ -426,13 +429,13 @@ fn uds_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     let conn = rustix::net::accept(&listener)?;
     let mut msg = [0u8; MSG_BYTES];
     let mut samples = Vec::with_capacity(iters as usize);
-    for i in 0..WARMUP + iters {
+    for i in 0..warmup(iters) + iters {
         let t = Instant::now();
         msg.fill(i as u8);
         rustix::net::send(&conn, &msg, rustix::net::SendFlags::empty())?;
         rustix::net::recv(&conn, &mut msg, rustix::net::RecvFlags::empty())?;
         let rtt = t.elapsed();
-        if i >= WARMUP {
+        if i >= warmup(iters) {
             samples.push(rtt.as_nanos() as u64 / 2);
         }
     }
@@ -459,14 +462,14 @@ fn bare_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     let (child, sock) = s.child("bare-pong", Stdio::null())?;
     let (ping, pong, _conn) = exchange_regions(&sock, 4096)?;
     let mut samples = Vec::with_capacity(iters as usize);
-    for i in 1..=WARMUP + iters {
+    for i in 1..=warmup(iters) + iters {
         let t = Instant::now();
         ping.store_u64(0, i, Ordering::Release);
         while pong.load_u64(0, Ordering::Acquire) != i {
             std::hint::spin_loop();
         }
         let rtt = t.elapsed();
-        if i > WARMUP {
+        if i > warmup(iters) {
             samples.push(rtt.as_nanos() as u64 / 2);
         }
     }
@@ -706,7 +709,7 @@ fn child_stream_bulk(sock: Option<&Path>, mib: u64) -> Result<()> {
 fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     let service = format!("rbufnic-bench-{}-{}", std::process::id(), s.n + 1);
     let (child, _) = s.child(&format!("iceoryx2-pong:{service}"), Stdio::null())?;
-    let samples = super::iceoryx::ping(&service, WARMUP, iters);
+    let samples = super::iceoryx::ping(&service, warmup(iters), iters);
     let out = finish(child);
     super::iceoryx::cleanup(&service);
     out?;
