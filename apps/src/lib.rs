@@ -2,3 +2,5 @@
 //! them.
 
 pub mod bench;
+pub mod fwd;
+pub mod list;

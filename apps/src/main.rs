@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use rbufnic::bench::ipc::{self, IpcParams, IpcReport};
 
+mod cmd_fwd;
+
 #[derive(Parser)]
 #[command(name = "rbufnic", version, about = "Userspace NIC stack on Rbuf channels", long_about = None)]
 struct Cli {
@@ -15,6 +17,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Forward frames between two e1000 ports (bound to vfio-pci), both directions,
+    /// without copying: one data area serves A's receive and B's transmit and the reverse.
+    /// Prints a statistics line every second to stderr and a summary at the end.
+    Fwd(cmd_fwd::FwdArgs),
+    /// List the PCI network devices: driver binding, IOMMU group and VFIO viability.
+    List,
     /// Benchmarks that compare rbuf against peers measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
@@ -124,6 +132,8 @@ fn json(r: &IpcReport) -> serde_json::Value {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Fwd(args) => cmd_fwd::fwd(&args),
+        Command::List => cmd_fwd::list(),
         Command::Bench(Bench::Ipc {
             params,
             cpus,

@@ -50,6 +50,8 @@ pub mod frame;
 #[cfg(feature = "harness")]
 mod error;
 #[cfg(feature = "harness")]
+pub mod fwd_job;
+#[cfg(feature = "harness")]
 pub mod guest;
 #[cfg(feature = "harness")]
 mod host;

@@ -226,6 +226,18 @@ impl UdpPeer {
         stream: &FrameGen,
         plan: &ReceivePlan,
     ) -> Result<ReceiveReport, HarnessError> {
+        self.receive_observed(stream, plan, Duration::MAX, &mut |_| {})
+    }
+
+    /// As [`UdpPeer::receive`], showing the counts so far to `progress` every `period`
+    /// while it runs (`missing` and `elapsed` as of that moment; no samples).
+    pub fn receive_observed(
+        &self,
+        stream: &FrameGen,
+        plan: &ReceivePlan,
+        period: Duration,
+        progress: &mut dyn FnMut(&ReceiveReport),
+    ) -> Result<ReceiveReport, HarnessError> {
         if plan.count > MAX_RECEIVE_COUNT {
             return Err(HarnessError::InvalidConfig {
                 reason: format!("receive count {} exceeds {MAX_RECEIVE_COUNT}", plan.count),
@@ -236,8 +248,17 @@ impl UdpPeer {
         let mut tally = Tally::new(stream, plan);
         let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
         let mut linger_until = None;
+        let mut next_progress = start.checked_add(period);
         loop {
             let now = Instant::now();
+            if next_progress.is_some_and(|at| now >= at) {
+                next_progress = now.checked_add(period);
+                let mut so_far = tally.report.clone();
+                so_far.missing = so_far.expected - so_far.unique;
+                so_far.elapsed = now - start;
+                so_far.invalid_samples.clear();
+                progress(&so_far);
+            }
             let until = match linger_until {
                 Some(until) => until,
                 None if tally.report.unique == plan.count => {
@@ -250,7 +271,11 @@ impl UdpPeer {
             if now >= until {
                 break;
             }
-            if let Some(len) = self.recv_frame(&mut buf, until - now)? {
+            let wait = match next_progress {
+                Some(at) => (until - now).min(at.saturating_duration_since(now)),
+                None => until - now,
+            };
+            if let Some(len) = self.recv_frame(&mut buf, wait)? {
                 tally.add(&buf[..len]);
             }
         }

@@ -1,0 +1,264 @@
+//! The command-line side of `rbufnic fwd` and `rbufnic list`: options, Ctrl-C, printing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use driver::MacAddr;
+use driver::pci::SysPaths;
+use rbufnic::fwd::{self, Event, FwdOptions, Snapshot, StopReason, Summary};
+use rbufnic::list;
+
+/// Raised by the Ctrl-C handler; the forwarding loop checks it every round.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Options of `rbufnic fwd`.
+#[derive(Args, Clone, Debug)]
+pub struct FwdArgs {
+    /// PCI address of port A (e.g. 0000:00:03.0), an e1000 bound to vfio-pci.
+    #[arg(value_name = "PCI_A")]
+    pci_a: String,
+    /// PCI address of port B. Frames received on A go out on B and the reverse.
+    #[arg(value_name = "PCI_B")]
+    pci_b: String,
+    /// IOrecs per driver call (receive poll, transmit submit, reclaim, refill).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch: usize,
+    /// Destination MAC to write into forwarded frames: the first for frames going out on
+    /// B (received on A), the optional second for frames going out on A. Default: leave
+    /// destinations as received.
+    #[arg(long, value_name = "MAC_B[,MAC_A]")]
+    rewrite_dst_mac: Option<String>,
+    /// Write the sending port's own MAC as the source of every forwarded frame.
+    #[arg(long)]
+    rewrite_src_mac: bool,
+    /// Stop after this many seconds (fractions allowed). Default: run until Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Stop after forwarding this many frames, both directions together.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Seconds between statistics lines on stderr (fractions allowed).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    stats_interval: f64,
+}
+
+fn parse_mac(s: &str) -> anyhow::Result<MacAddr> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("bad MAC address {s:?} (expected six hex bytes like 02:00:00:00:00:01)");
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .with_context(|| {
+                format!("bad MAC address {s:?} (expected six hex bytes like 02:00:00:00:00:01)")
+            })?;
+    }
+    Ok(MacAddr(mac))
+}
+
+fn seconds(what: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{what} must be a positive number of seconds, not {secs}"))
+}
+
+impl FwdArgs {
+    fn options(&self) -> anyhow::Result<FwdOptions> {
+        if self.batch == 0 || self.batch > 4096 {
+            bail!("--batch must be 1 to 4096, not {}", self.batch);
+        }
+        let mut rewrite_dst = [None, None];
+        if let Some(list) = &self.rewrite_dst_mac {
+            let macs: Vec<&str> = list.split(',').collect();
+            if macs.len() > 2 {
+                bail!("--rewrite-dst-mac takes one or two MACs (MAC_B[,MAC_A]), not {list:?}");
+            }
+            // Index = the port the frame leaves by: B (1) first, then A (0).
+            rewrite_dst[1] = Some(parse_mac(macs[0])?);
+            if let Some(a) = macs.get(1) {
+                rewrite_dst[0] = Some(parse_mac(a)?);
+            }
+        }
+        Ok(FwdOptions {
+            batch: self.batch,
+            rewrite_dst,
+            rewrite_src: self.rewrite_src_mac,
+            duration: self
+                .duration
+                .map(|s| seconds("--duration", s))
+                .transpose()?,
+            count: self.count,
+            stats_interval: seconds("--stats-interval", self.stats_interval)?,
+        })
+    }
+}
+
+fn stats_line(now: &Snapshot, earlier: &Snapshot) -> String {
+    let rates = now.rates_since(earlier);
+    let port = |i: usize| {
+        let (r, c) = (rates[i], now.ports[i]);
+        format!(
+            "{} rx {:.0} pps {:.1} Mbit/s tx {:.0} pps {:.1} Mbit/s drops {} errors {}",
+            ['A', 'B'][i],
+            r.rx_pps,
+            r.rx_mbps,
+            r.tx_pps,
+            r.tx_mbps,
+            c.drops,
+            c.errors
+        )
+    };
+    format!(
+        "fwd {:>6.1}s  {} | {} | forwarded {}",
+        now.elapsed.as_secs_f64(),
+        port(0),
+        port(1),
+        now.forwarded()
+    )
+}
+
+fn print_summary(pci: [&str; 2], s: &Summary) {
+    let last = &s.last;
+    let secs = last.elapsed.as_secs_f64();
+    let reason = match s.reason {
+        StopReason::Count => "count reached",
+        StopReason::Duration => "duration reached",
+        StopReason::Signal => "interrupted",
+    };
+    println!(
+        "fwd summary: {reason} after {secs:.2} s; forwarded {} frames ({:.0} frames/s)",
+        last.forwarded(),
+        if secs > 0.0 {
+            last.forwarded() as f64 / secs
+        } else {
+            0.0
+        }
+    );
+    for (i, c) in last.ports.iter().enumerate() {
+        println!(
+            "  port {} {}: rx {} frames {} bytes, tx {} frames {} bytes, drops {}, errors {}",
+            ['A', 'B'][i],
+            pci[i],
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            c.drops,
+            c.errors
+        );
+    }
+    // One line for scripts and tests.
+    let [a, b] = last.ports;
+    println!(
+        "summary forwarded={} elapsed_ms={} a_rx={} a_tx={} a_drops={} a_errors={} \
+         b_rx={} b_tx={} b_drops={} b_errors={} unaccounted_buffers={}",
+        last.forwarded(),
+        last.elapsed.as_millis(),
+        a.rx_frames,
+        a.tx_frames,
+        a.drops,
+        a.errors,
+        b.rx_frames,
+        b.tx_frames,
+        b.drops,
+        b.errors,
+        s.unaccounted_buffers
+    );
+}
+
+/// `rbufnic fwd PCI_A PCI_B`.
+pub fn fwd(args: &FwdArgs) -> anyhow::Result<()> {
+    let opts = args.options()?;
+    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let pci = [args.pci_a.as_str(), args.pci_b.as_str()];
+    let mut last = Snapshot::default();
+    let summary = fwd::run_e1000(pci, &opts, &STOP, &mut |event| match event {
+        Event::Ready {
+            macs,
+            links,
+            buffers,
+        } => {
+            let port = |i: usize| {
+                let l = links[i];
+                format!(
+                    "{} {} {} link {}",
+                    ['A', 'B'][i],
+                    pci[i],
+                    macs[i],
+                    if l.up {
+                        format!(
+                            "up {} Mb/s {}",
+                            l.speed_mbps,
+                            if l.full_duplex { "full" } else { "half" }
+                        )
+                    } else {
+                        "down".to_string()
+                    }
+                )
+            };
+            eprintln!(
+                "fwd ready: {} <-> {}; {buffers} buffers of {} B in one data area, batch {}",
+                port(0),
+                port(1),
+                fwd::BUFFER_BYTES,
+                opts.batch
+            );
+        }
+        Event::Stats(now) => {
+            eprintln!("{}", stats_line(&now, &last));
+            last = now;
+        }
+    })?;
+    print_summary(pci, &summary);
+    if summary.unaccounted_buffers != 0 {
+        bail!(
+            "{} buffers were neither back in the pool nor posted for receive at the end",
+            summary.unaccounted_buffers
+        );
+    }
+    Ok(())
+}
+
+/// `rbufnic list`.
+pub fn list() -> anyhow::Result<()> {
+    let paths = SysPaths::default();
+    let devices = list::network_devices(&paths)
+        .with_context(|| format!("reading {}/bus/pci/devices", paths.sys.display()))?;
+    if devices.is_empty() {
+        println!("no PCI network devices");
+        return Ok(());
+    }
+    for line in list::format(&devices) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_mac("02:00:00:0a:0B:ff").unwrap(),
+            MacAddr([2, 0, 0, 0x0a, 0x0b, 0xff])
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:0:0:0:0:1",
+            "zz:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+}

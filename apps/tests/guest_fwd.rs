@@ -1,0 +1,117 @@
+//! Issue 6's checks of `rbufnic fwd` and `rbufnic list` in the QEMU guest of
+//! `rbufnic-tests`: the same job the README's first command runs, at CI size, and the
+//! one-line errors for devices the forwarder cannot use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rbufnic_tests::fwd_job::{self, FwdJob};
+use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, UdpPeer, host_path, nic_bdf};
+
+fn rbufnic() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rbufnic"))
+}
+
+#[test]
+fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
+-> Result<(), HarnessError> {
+    const N: u64 = 20_000;
+    let job = FwdJob::new(rbufnic(), N, 2_000);
+    let out = fwd_job::run(&job, &mut |step| eprintln!("qemu-fwd: {step}"), &mut |p| {
+        eprintln!(
+            "qemu-fwd: {:>5.1}s sent {} received {}",
+            p.elapsed.as_secs_f64(),
+            p.sent,
+            p.received.unique
+        )
+    })?;
+    let problems = out.problems();
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nguest output:\n{}",
+        out.guest.output
+    );
+    let r = &out.received;
+    assert_eq!((out.sent, r.unique, r.missing), (N, N, 0), "{r}");
+    assert_eq!((r.reordered, r.duplicates, r.invalid), (0, 0, 0), "{r}");
+    // Mixed sizes: the stream's lengths span the Ethernet range.
+    assert!(r.bytes > N * 600 && r.bytes < N * 1000, "{r}");
+    // The forwarder's own counts agree with the host's: every frame in on A, out on B,
+    // nothing the other way, every buffer back at the end.
+    for (key, want) in [
+        ("forwarded", N),
+        ("a_rx", N),
+        ("b_tx", N),
+        ("a_tx", 0),
+        ("b_rx", 0),
+        ("unaccounted_buffers", 0),
+    ] {
+        assert_eq!(
+            out.summary_field(key),
+            Some(want),
+            "{key}\n{}",
+            out.guest.output
+        );
+    }
+    // The per-second statistics line appeared while traffic flowed.
+    assert!(
+        out.guest
+            .output
+            .lines()
+            .any(|l| l.starts_with("fwd ") && l.contains("A rx ") && l.contains(" | B rx ")),
+        "{}",
+        out.guest.output
+    );
+    Ok(())
+}
+
+#[test]
+fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<(), HarnessError> {
+    let (_peer_a, backend_a) = UdpPeer::for_qemu()?;
+    let (_peer_b, backend_b) = UdpPeer::for_qemu()?;
+    let exe = host_path(&rbufnic());
+    let (vfio, kernel) = (nic_bdf(0), nic_bdf(1));
+    let script = format!(
+        "{exe} list; \
+         {exe} fwd {vfio} {kernel} --count 1; echo \"exit-not-bound $?\"; \
+         {exe} fwd {vfio} 0000:00:1f.6 --count 1; echo \"exit-no-device $?\"; \
+         {exe} fwd {vfio} 00:04 --count 1; echo \"exit-malformed $?\"",
+        exe = exe.display()
+    );
+    let out = Guest::builder()
+        .nic(Nic::e1000(MacAddr::qemu(0x51), backend_a))
+        .nic(Nic::e1000(MacAddr::qemu(0x52), backend_b).kernel_driver())
+        .hugepages(16)
+        .timeout(Duration::from_secs(240))
+        .run(&script)?;
+    let o = &out.output;
+    assert_eq!(out.exit_status, 0, "{o}");
+    let line = |start: &str| {
+        o.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{o}"))
+    };
+    let listed = line(&vfio);
+    assert!(
+        listed.contains("8086:100e") && listed.contains("vfio-pci") && listed.ends_with("ready"),
+        "{listed}"
+    );
+    let listed = line(&kernel);
+    assert!(
+        listed.contains(" e1000 ")
+            && listed.contains("group not viable")
+            && listed.contains("[eth"),
+        "{listed}"
+    );
+    for (code, message) in [
+        ("exit-not-bound 1", "is bound to e1000, not vfio-pci"),
+        ("exit-no-device 1", "no PCI device 0000:00:1f.6"),
+        ("exit-malformed 1", "malformed PCI address \"00:04\""),
+    ] {
+        assert!(o.contains(code), "{code}:\n{o}");
+        let errors: Vec<&str> = o.lines().filter(|l| l.contains(message)).collect();
+        assert_eq!(errors.len(), 1, "{message}:\n{o}");
+        assert!(errors[0].starts_with("rbufnic: port B"), "{}", errors[0]);
+    }
+    Ok(())
+}
