@@ -41,32 +41,40 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Errors of the forwarder.
 #[derive(Debug, thiserror::Error)]
 pub enum FwdError {
+    // The driver's and rbuf's errors are part of the message, not a `source`: a report
+    // that prints the whole chain would otherwise say everything twice.
     /// A NIC could not be opened or driven.
-    #[error("port {port} ({pci}): {source}")]
+    #[error("port {port} ({pci}): {error}")]
     Nic {
         /// `A` or `B`.
         port: char,
         /// The PCI address given for the port.
         pci: String,
         /// What the driver said.
-        source: driver::Error,
+        error: driver::Error,
     },
     /// A driver call failed while forwarding.
-    #[error("port {port}: {op}: {source}")]
+    #[error("port {port}: {op}: {error}")]
     Driver {
         /// `A` or `B`.
         port: char,
         /// The call that failed.
         op: &'static str,
         /// What the driver said.
-        source: driver::Error,
+        error: driver::Error,
     },
     /// The data area could not be created or written.
     #[error("data area: {0}")]
-    Area(#[from] rbuf::Error),
+    Area(rbuf::Error),
     /// The options make no sense.
     #[error("{0}")]
     BadOptions(String),
+}
+
+impl From<rbuf::Error> for FwdError {
+    fn from(error: rbuf::Error) -> FwdError {
+        FwdError::Area(error)
+    }
 }
 
 /// How to forward.
@@ -274,7 +282,7 @@ impl<N: Nic> Forwarder<N> {
             let err = |op, source| FwdError::Driver {
                 port: PORT_NAMES[i],
                 op,
-                source,
+                error: source,
             };
             port.rx_area = port
                 .nic
@@ -382,7 +390,7 @@ impl<N: Nic> Forwarder<N> {
             result.map_err(|source| FwdError::Driver {
                 port: PORT_NAMES[i],
                 op: "post receive buffers",
-                source,
+                error: source,
             })?;
             progress |= posted > 0;
             if posted < n {
@@ -569,7 +577,7 @@ pub fn open_e1000_pair(pci: [&str; 2]) -> Result<[E1000; 2], FwdError> {
         move |source| FwdError::Nic {
             port: PORT_NAMES[i],
             pci: pci[i].to_string(),
-            source,
+            error: source,
         }
     };
     // Both addresses are checked before either device is touched.

@@ -103,6 +103,8 @@ fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<
             && listed.contains("[eth"),
         "{listed}"
     );
+    // Nothing but the one line per mistake: no log noise from the VFIO crate.
+    assert!(!o.contains("vfio_ioctls"), "{o}");
     for (code, message) in [
         ("exit-not-bound 1", "is bound to e1000, not vfio-pci"),
         ("exit-no-device 1", "no PCI device 0000:00:1f.6"),
@@ -112,6 +114,7 @@ fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<
         let errors: Vec<&str> = o.lines().filter(|l| l.contains(message)).collect();
         assert_eq!(errors.len(), 1, "{message}:\n{o}");
         assert!(errors[0].starts_with("rbufnic: port B"), "{}", errors[0]);
+        assert_eq!(errors[0].matches(message).count(), 1, "{}", errors[0]);
     }
     Ok(())
 }

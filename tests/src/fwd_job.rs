@@ -87,6 +87,8 @@ pub struct Progress {
 pub struct FwdOutcome {
     /// Frames sent into NIC A.
     pub sent: u64,
+    /// Their bytes (without FCS).
+    pub sent_bytes: u64,
     /// How long sending took.
     pub send_elapsed: Duration,
     /// What came out of NIC B, checked byte for byte.
@@ -154,7 +156,7 @@ fn last_stats_line(console_log: &Path) -> Option<String> {
     text.lines()
         .rev()
         .map(|l| l.trim_end_matches('\r'))
-        .find(|l| l.starts_with("fwd ") && l.contains(" forwarded "))
+        .find(|l| l.starts_with("fwd ") && l.contains(" | B rx "))
         .map(str::to_owned)
 }
 
@@ -182,9 +184,10 @@ pub fn run(
         })?;
     let (peer_a, backend_a) = UdpPeer::for_qemu()?;
     let (peer_b, backend_b) = UdpPeer::for_qemu()?;
-    // Sending takes count/rate seconds; allow as long again plus boot and slack.
+    // Sending takes count/rate seconds; frames arrive within a second of being sent, so
+    // half as long again and some slack bound a run that lost frames.
     let send_secs = job.count.div_ceil(u64::from(job.rate_per_sec));
-    let traffic_timeout = Duration::from_secs(2 * send_secs + 60);
+    let traffic_timeout = Duration::from_secs(send_secs * 3 / 2 + 15);
     let command = format!(
         "exec {} fwd {} {} --batch {} --count {} --duration {} \
          --rewrite-dst-mac {PEER_B_MAC} --rewrite-src-mac",
@@ -222,11 +225,11 @@ pub fn run(
     let sent = Arc::new(AtomicU64::new(0));
     let sent_tx = Arc::clone(&sent);
     let (count, rate) = (job.count, job.rate_per_sec);
-    let sender = thread::spawn(move || -> Result<(u64, Duration), HarnessError> {
-        // In slices of a quarter second, so the count shows live; each slice is paced.
-        let slice = u64::from(rate).div_ceil(4).max(1);
+    let sender = thread::spawn(move || -> Result<(u64, u64, Duration), HarnessError> {
+        // In slices of 20 ms, so the count shows live; each slice is paced.
+        let slice = u64::from(rate).div_ceil(50).max(1);
         let start = Instant::now();
-        let mut next = 0;
+        let (mut next, mut bytes) = (0, 0);
         while next < count {
             let n = slice.min(count - next);
             let due = start + Duration::from_secs_f64(next as f64 / f64::from(rate));
@@ -239,9 +242,10 @@ pub fn run(
                     .time_limit(Duration::from_secs(3600)),
             )?;
             next += report.sent;
+            bytes += report.bytes;
             sent_tx.store(next, Ordering::Relaxed);
         }
-        Ok((next, start.elapsed()))
+        Ok((next, bytes, start.elapsed()))
     });
 
     let started = Instant::now();
@@ -255,6 +259,7 @@ pub fn run(
         let received = live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         progress(&Progress {
             elapsed: started.elapsed(),
+            // Read after the receive counts, so it is never behind them.
             sent: sent.load(Ordering::Relaxed),
             received: received.unwrap_or_else(|| ReceiveReport {
                 expected: job.count,
@@ -264,9 +269,10 @@ pub fn run(
             guest_line: last_stats_line(guest.console_log()),
         });
     }
-    let (sent, send_elapsed) = sender.join().map_err(|_| HarnessError::InvalidConfig {
-        reason: "the sender thread panicked".into(),
-    })??;
+    let (sent, sent_bytes, send_elapsed) =
+        sender.join().map_err(|_| HarnessError::InvalidConfig {
+            reason: "the sender thread panicked".into(),
+        })??;
     let received = receiver.join().map_err(|_| HarnessError::InvalidConfig {
         reason: "the receiver thread panicked".into(),
     })??;
@@ -274,6 +280,7 @@ pub fn run(
     let guest = guest.wait()?;
     Ok(FwdOutcome {
         sent,
+        sent_bytes,
         send_elapsed,
         received,
         guest,
