@@ -52,7 +52,21 @@ enum Bench {
         /// Print one JSON object (figures and ratios) instead of the table.
         #[arg(long)]
         json: bool,
+        /// Measure only these groups (comma-separated); ratios need both of their figures.
+        #[arg(long, value_delimiter = ',', default_value = "rate,latency,bulk")]
+        only: Vec<Group>,
     },
+}
+
+/// A group of `bench ipc` figures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Message rate, 64-byte messages.
+    Rate,
+    /// One-way latency, ping-pong halved.
+    Latency,
+    /// Bulk transfer, 1 MiB messages.
+    Bulk,
 }
 
 #[derive(Args, Clone)]
@@ -70,12 +84,17 @@ struct IpcArgs {
 }
 
 impl IpcArgs {
-    fn params(&self, cpus: Option<(usize, usize)>) -> IpcParams {
+    fn params(&self, cpus: Option<(usize, usize)>, only: &[Group]) -> IpcParams {
         IpcParams {
             messages: self.messages,
             iters: self.iters,
             bulk_mib: self.bulk_mib,
             cpus,
+            groups: ipc::Groups {
+                rate: only.contains(&Group::Rate),
+                latency: only.contains(&Group::Latency),
+                bulk: only.contains(&Group::Bulk),
+            },
         }
     }
 }
@@ -138,9 +157,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             params,
             cpus,
             json: as_json,
+            only,
         }) => {
             let cpus = parse_cpus(&cpus)?;
-            let report = ipc::run(&params.params(cpus), &mut |step| {
+            let report = ipc::run(&params.params(cpus, &only), &mut |step| {
                 eprintln!("bench ipc: {step}")
             })?;
             if as_json {
@@ -155,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             cpu,
             params,
-        } => ipc::child(&kind, &socket, &params.params(None), cpu),
+        } => ipc::child(&kind, &socket, &params.params(None, &[]), cpu),
     }
 }
 

@@ -33,6 +33,28 @@ pub struct IpcParams {
     pub bulk_mib: u64,
     /// CPU for this process and for the child (`None`: no pinning).
     pub cpus: Option<(usize, usize)>,
+    /// Which groups of figures to measure.
+    pub groups: Groups,
+}
+
+/// Groups of figures a run measures.
+#[derive(Clone, Copy, Debug)]
+pub struct Groups {
+    /// Message rate of 64-byte messages.
+    pub rate: bool,
+    /// One-way latency.
+    pub latency: bool,
+    /// Bulk transfer of 1 MiB messages.
+    pub bulk: bool,
+}
+
+impl Groups {
+    /// Every group.
+    pub const ALL: Groups = Groups {
+        rate: true,
+        latency: true,
+        bulk: true,
+    };
 }
 
 const MSG_BYTES: usize = 64;
@@ -157,6 +179,25 @@ fn accept_master(
     Ok(listener
         .accept(Config::originator(Mode::Tmm, slots, area), pool.capacity())?
         .into_master()?)
+}
+
+/// Polls before a busy-polling side sleeps: about a millisecond. It never sleeps while
+/// its peer is running on the other core (the measured case); it only stops a starved
+/// pair (both on one CPU, or another load on the machine) from burning whole time slices.
+const POLL_SPINS: u32 = 1 << 20;
+
+/// Busy-waits until `ready()`, yielding the CPU every [`POLL_SPINS`] polls for the same
+/// reason.
+fn spin_until(mut ready: impl FnMut() -> bool) {
+    let mut n = 0u32;
+    while !ready() {
+        n = n.wrapping_add(1);
+        if n % POLL_SPINS == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 fn write_msg(area: &DataArea, e: Extent, seq: u64) {
@@ -369,7 +410,9 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
     let area = Arc::new(DataArea::create(64 * 256, PagePolicy::PreferHuge)?);
     let mut pool = Pool::slots(area.len(), 256);
     let mut master = accept_master(&listener, area.clone(), 64, &pool)?;
-    master.link().set_spins(if blocking { 0 } else { u32::MAX });
+    master
+        .link()
+        .set_spins(if blocking { 0 } else { POLL_SPINS });
     let mut back = [IoRec::default(); 1];
     let mut samples = Vec::with_capacity(iters as usize);
     for i in 0..warmup(iters) + iters {
@@ -382,9 +425,7 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
             if master.recv(&mut pool, &mut back)? == 1 {
                 break;
             }
-            if blocking {
-                master.link().wait_incoming(Some(CHILD_TIMEOUT))?;
-            }
+            master.link().wait_incoming(Some(CHILD_TIMEOUT))?;
         }
         let rtt = t.elapsed();
         pool.free(back[0].tag() as u32);
@@ -399,7 +440,7 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
 
 fn child_rbuf_pong(sock: &Path, blocking: bool) -> Result<()> {
     let mut peer = connect_peer(sock, 64)?;
-    peer.link().set_spins(if blocking { 0 } else { u32::MAX });
+    peer.link().set_spins(if blocking { 0 } else { POLL_SPINS });
     let mut recs = [IoRec::default(); 1];
     let mut sum = 0;
     loop {
@@ -465,9 +506,7 @@ fn bare_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     for i in 1..=warmup(iters) + iters {
         let t = Instant::now();
         ping.store_u64(0, i, Ordering::Release);
-        while pong.load_u64(0, Ordering::Acquire) != i {
-            std::hint::spin_loop();
-        }
+        spin_until(|| pong.load_u64(0, Ordering::Acquire) == i);
         let rtt = t.elapsed();
         if i > warmup(iters) {
             samples.push(rtt.as_nanos() as u64 / 2);
@@ -482,16 +521,16 @@ fn child_bare_pong(sock: &Path) -> Result<()> {
     let (pong, ping, _conn) = connect_regions(sock, 4096)?;
     let mut last = 0;
     loop {
-        let v = ping.load_u64(0, Ordering::Acquire);
+        let mut v = last;
+        spin_until(|| {
+            v = ping.load_u64(0, Ordering::Acquire);
+            v != last
+        });
         if v == u64::MAX {
             return Ok(());
         }
-        if v != last {
-            pong.store_u64(0, v, Ordering::Release);
-            last = v;
-        } else {
-            std::hint::spin_loop();
-        }
+        pong.store_u64(0, v, Ordering::Release);
+        last = v;
     }
 }
 
@@ -541,7 +580,7 @@ fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
     )?);
     let mut pool = Pool::extents(area.len(), 4096, BULK_DEPTH);
     let mut master = accept_master(&listener, area.clone(), BULK_DEPTH, &pool)?;
-    master.link().set_spins(u32::MAX);
+    master.link().set_spins(POLL_SPINS);
     let start = Instant::now();
     let mut sent = 0;
     while sent < mib {
@@ -569,7 +608,7 @@ fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
 
 fn child_rbuf_bulk(sock: &Path) -> Result<()> {
     let mut peer = connect_peer(sock, BULK_DEPTH)?;
-    peer.link().set_spins(u32::MAX);
+    peer.link().set_spins(POLL_SPINS);
     let mut recs = [IoRec::default(); BULK_DEPTH];
     let mut sum = 0;
     loop {
@@ -598,23 +637,20 @@ fn child_rbuf_bulk(sock: &Path) -> Result<()> {
 
 /// The same buffers handed over with nothing but a count each way: the sender fills
 /// buffer `i % depth` once the receiver's count says it is free, then publishes `i + 1`;
-/// the receiver reads it and publishes its own count.
+/// the receiver reads every buffer published so far, then publishes its own count once
+/// (the batching the rbuf receiver does too).
 fn bare_bulk(s: &mut Session, mib: u64) -> Result<f64> {
     let (child, sock) = s.child("bare-bulk", Stdio::null())?;
     let (mine, theirs, _conn) = exchange_regions(&sock, BULK_DEPTH * BULK_BYTES + 4096)?;
     let area_off = 4096;
     let start = Instant::now();
     for i in 0..mib {
-        while i >= theirs.load_u64(0, Ordering::Acquire) + BULK_DEPTH as u64 {
-            std::hint::spin_loop();
-        }
+        spin_until(|| i < theirs.load_u64(0, Ordering::Acquire) + BULK_DEPTH as u64);
         let off = area_off + (i as usize % BULK_DEPTH) * BULK_BYTES;
         fill_region(&mine, off, i as u8);
         mine.store_u64(0, i + 1, Ordering::Release);
     }
-    while theirs.load_u64(0, Ordering::Acquire) < mib {
-        std::hint::spin_loop();
-    }
+    spin_until(|| theirs.load_u64(0, Ordering::Acquire) >= mib);
     let secs = start.elapsed().as_secs_f64();
     mine.store_u64(8, 1, Ordering::Release);
     finish(child)?;
@@ -632,18 +668,25 @@ fn child_bare_bulk(sock: &Path) -> Result<()> {
     let (mine, theirs, _conn) = connect_regions(sock, 4096)?;
     let mut next = 0u64;
     let mut sum = 0;
-    while theirs.load_u64(8, Ordering::Acquire) == 0 {
-        if theirs.load_u64(0, Ordering::Acquire) > next {
+    loop {
+        let (mut published, mut stop) = (0, false);
+        spin_until(|| {
+            published = theirs.load_u64(0, Ordering::Acquire);
+            stop = theirs.load_u64(8, Ordering::Acquire) != 0;
+            published > next || stop
+        });
+        if stop {
+            break;
+        }
+        while next < published {
             let off = 4096 + (next as usize % BULK_DEPTH) * BULK_BYTES;
             // SAFETY: the sender published this buffer and does not write it again until
             // our count passes it; the mapping is read-only here.
             let bytes = unsafe { std::slice::from_raw_parts(theirs.as_ptr().add(off), BULK_BYTES) };
             sum = read_all(bytes).wrapping_add(sum);
             next += 1;
-            mine.store_u64(0, next, Ordering::Release);
-        } else {
-            std::hint::spin_loop();
         }
+        mine.store_u64(0, next, Ordering::Release);
     }
     println!("{sum}");
     Ok(())
@@ -733,81 +776,84 @@ fn read_bandwidth() -> f64 {
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let mut s = Session::new(p)?;
     let mut rate = Vec::new();
-    progress("message rate: rbuf batch 1");
-    rate.push(("rbuf batch 1", rbuf_rate(&mut s, p.messages, 1)?));
-    progress("message rate: rbuf batch 32");
-    rate.push(("rbuf batch 32", rbuf_rate(&mut s, p.messages, 32)?));
-    progress("message rate: unix seqpacket");
-    rate.push(("unix seqpacket", uds_rate(&mut s, p.messages)?));
-    progress("message rate: pipe");
-    rate.push(("pipe", pipe_rate(&mut s, p.messages)?));
-
+    if p.groups.rate {
+        progress("message rate: rbuf batch 1");
+        rate.push(("rbuf batch 1", rbuf_rate(&mut s, p.messages, 1)?));
+        progress("message rate: rbuf batch 32");
+        rate.push(("rbuf batch 32", rbuf_rate(&mut s, p.messages, 32)?));
+        progress("message rate: unix seqpacket");
+        rate.push(("unix seqpacket", uds_rate(&mut s, p.messages)?));
+        progress("message rate: pipe");
+        rate.push(("pipe", pipe_rate(&mut s, p.messages)?));
+    }
     let mut lat = Vec::new();
-    progress("latency: rbuf busy-poll");
-    lat.push(("rbuf poll", rbuf_latency(&mut s, p.iters, false)?));
-    progress("latency: rbuf blocking");
-    lat.push(("rbuf blocking", rbuf_latency(&mut s, p.iters, true)?));
-    progress("latency: unix seqpacket");
-    lat.push(("unix seqpacket", uds_latency(&mut s, p.iters)?));
-    progress("latency: iceoryx2");
-    lat.push(("iceoryx2", iceoryx_latency(&mut s, p.iters)?));
-    progress("latency: bare cache line");
-    lat.push(("bare cache line", bare_latency(&mut s, p.iters)?));
-
+    if p.groups.latency {
+        progress("latency: rbuf busy-poll");
+        lat.push(("rbuf poll", rbuf_latency(&mut s, p.iters, false)?));
+        progress("latency: rbuf blocking");
+        lat.push(("rbuf blocking", rbuf_latency(&mut s, p.iters, true)?));
+        progress("latency: unix seqpacket");
+        lat.push(("unix seqpacket", uds_latency(&mut s, p.iters)?));
+        progress("latency: iceoryx2");
+        lat.push(("iceoryx2", iceoryx_latency(&mut s, p.iters)?));
+        progress("latency: bare cache line");
+        lat.push(("bare cache line", bare_latency(&mut s, p.iters)?));
+    }
     let mut bulk = Vec::new();
-    progress("bulk: rbuf");
-    bulk.push(("rbuf", rbuf_bulk(&mut s, p.bulk_mib)?));
-    progress("bulk: unix stream");
-    bulk.push(("unix stream", stream_bulk(&mut s, p.bulk_mib, false)?));
-    progress("bulk: pipe");
-    bulk.push(("pipe", stream_bulk(&mut s, p.bulk_mib, true)?));
-    progress("bulk: bare hand-over");
-    bulk.push(("bare hand-over", bare_bulk(&mut s, p.bulk_mib)?));
-    progress("bulk: one-core read bandwidth");
-    bulk.push(("one-core read bandwidth", read_bandwidth()));
+    if p.groups.bulk {
+        progress("bulk: rbuf");
+        bulk.push(("rbuf", rbuf_bulk(&mut s, p.bulk_mib)?));
+        progress("bulk: unix stream");
+        bulk.push(("unix stream", stream_bulk(&mut s, p.bulk_mib, false)?));
+        progress("bulk: pipe");
+        bulk.push(("pipe", stream_bulk(&mut s, p.bulk_mib, true)?));
+        progress("bulk: bare hand-over");
+        bulk.push(("bare hand-over", bare_bulk(&mut s, p.bulk_mib)?));
+        progress("bulk: one-core read bandwidth");
+        bulk.push(("one-core read bandwidth", read_bandwidth()));
+    }
 
-    let get = |v: &[(&str, f64)], k: &str| {
-        v.iter()
-            .find(|(n, _)| *n == k)
-            .map(|x| x.1)
-            .expect("measured")
-    };
-    let lat_of = |k: &str| {
-        lat.iter()
-            .find(|(n, _)| *n == k)
-            .map(|x| x.1.median_ns)
-            .expect("measured")
-    };
-    let ratios = vec![
+    let find = |v: &[(&'static str, f64)], k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
+    let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
+    // (name, figures, numerator, denominator); a ratio is reported when both were measured.
+    let wanted: [(&'static str, &[(&'static str, f64)], &str, &str); 7] = [
         (
             "msg_rate_batch32_vs_uds",
-            get(&rate, "rbuf batch 32") / get(&rate, "unix seqpacket"),
+            &rate,
+            "rbuf batch 32",
+            "unix seqpacket",
         ),
         (
             "msg_rate_batch1_vs_uds",
-            get(&rate, "rbuf batch 1") / get(&rate, "unix seqpacket"),
+            &rate,
+            "rbuf batch 1",
+            "unix seqpacket",
         ),
         (
             "latency_poll_vs_iceoryx2",
-            lat_of("rbuf poll") / lat_of("iceoryx2"),
+            &medians,
+            "rbuf poll",
+            "iceoryx2",
         ),
         (
             "latency_poll_vs_bare",
-            lat_of("rbuf poll") / lat_of("bare cache line"),
+            &medians,
+            "rbuf poll",
+            "bare cache line",
         ),
         (
             "latency_poll_vs_uds",
-            lat_of("rbuf poll") / lat_of("unix seqpacket"),
+            &medians,
+            "rbuf poll",
+            "unix seqpacket",
         ),
-        (
-            "bulk_vs_bare_handoff",
-            get(&bulk, "rbuf") / get(&bulk, "bare hand-over"),
-        ),
-        (
-            "bulk_vs_uds",
-            get(&bulk, "rbuf") / get(&bulk, "unix stream"),
-        ),
+        ("bulk_vs_bare_handoff", &bulk, "rbuf", "bare hand-over"),
+        ("bulk_vs_uds", &bulk, "rbuf", "unix stream"),
     ];
+    let ratios = wanted
+        .iter()
+        .filter_map(|&(name, v, a, b)| Some((name, find(v, a)? / find(v, b)?)))
+        .collect();
     Ok(IpcReport {
         rate,
         latency: lat,
