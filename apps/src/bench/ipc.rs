@@ -86,6 +86,9 @@ fn latency(mut one_way_ns: Vec<u64>) -> Latency {
     }
 }
 
+/// Named figures of one group.
+type Figures = [(&'static str, f64)];
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct IpcReport {
@@ -192,7 +195,7 @@ fn spin_until(mut ready: impl FnMut() -> bool) {
     let mut n = 0u32;
     while !ready() {
         n = n.wrapping_add(1);
-        if n % POLL_SPINS == 0 {
+        if n.is_multiple_of(POLL_SPINS) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
@@ -813,10 +816,10 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         bulk.push(("one-core read bandwidth", read_bandwidth()));
     }
 
-    let find = |v: &[(&'static str, f64)], k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
+    let find = |v: &Figures, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
     let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
     // (name, figures, numerator, denominator); a ratio is reported when both were measured.
-    let wanted: [(&'static str, &[(&'static str, f64)], &str, &str); 7] = [
+    let wanted: [(&'static str, &Figures, &str, &str); 7] = [
         (
             "msg_rate_batch32_vs_uds",
             &rate,
