@@ -110,24 +110,32 @@ fn parse_cpus(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
 }
 
 fn print_table(r: &IpcReport) {
-    println!("{:<34} {:>14}", "message rate, 64 B", "Mmsg/s");
-    for (name, v) in &r.rate {
-        println!("  {name:<32} {:>14.2}", v / 1e6);
+    if !r.rate.is_empty() {
+        println!("{:<34} {:>14}", "message rate, 64 B", "Mmsg/s");
+        for (name, v) in &r.rate {
+            println!("  {name:<32} {:>14.2}", v / 1e6);
+        }
     }
-    println!(
-        "{:<34} {:>14} {:>10}",
-        "one-way latency", "median ns", "p99 ns"
-    );
-    for (name, l) in &r.latency {
-        println!("  {name:<32} {:>14.0} {:>10.0}", l.median_ns, l.p99_ns);
+    if !r.latency.is_empty() {
+        println!(
+            "{:<34} {:>14} {:>10}",
+            "one-way latency", "median ns", "p99 ns"
+        );
+        for (name, l) in &r.latency {
+            println!("  {name:<32} {:>14.0} {:>10.0}", l.median_ns, l.p99_ns);
+        }
     }
-    println!("{:<34} {:>14}", "bulk, 1 MiB messages", "GB/s");
-    for (name, v) in &r.bulk {
-        println!("  {name:<32} {:>14.2}", v / 1e9);
+    if !r.bulk.is_empty() {
+        println!("{:<34} {:>14}", "bulk, 1 MiB messages", "GB/s");
+        for (name, v) in &r.bulk {
+            println!("  {name:<32} {:>14.2}", v / 1e9);
+        }
     }
-    println!("ratios (latency: lower is better)");
-    for (name, v) in &r.ratios {
-        println!("  {name:<32} {v:>14.2}");
+    if !r.ratios.is_empty() {
+        println!("ratios (latency: lower is better)");
+        for (name, v) in &r.ratios {
+            println!("  {name:<32} {v:>14.2}");
+        }
     }
 }
 

@@ -62,6 +62,7 @@ const BULK_BYTES: usize = 1 << 20;
 /// Buffers in flight in the bulk runs (rbuf and the bare hand-over alike).
 const BULK_DEPTH: usize = 8;
 const RATE_SLOTS: usize = 1024;
+const PONG_SLOTS: usize = 64;
 /// Untimed round trips before the timed ones: a tenth of them, at most 10,000.
 fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
@@ -259,25 +260,28 @@ fn rbuf_rate(s: &mut Session, messages: u64, batch: usize) -> Result<f64> {
     Ok(messages as f64 / secs)
 }
 
-fn child_rbuf_rate(sock: &Path, batch: usize) -> Result<()> {
-    let mut peer = connect_peer(sock, RATE_SLOTS)?;
+/// The receiving side of every rbuf measurement: receives up to `batch` IOrecs at a
+/// time, reads every byte of each, returns them all, until the originator leaves.
+/// Waits with `spins` polls before sleeping on the doorbell (0: sleep at once).
+fn child_rbuf_echo(sock: &Path, slots: usize, batch: usize, spins: u32) -> Result<()> {
+    let mut peer = connect_peer(sock, slots)?;
+    peer.link().set_spins(spins);
     let mut recs = vec![IoRec::default(); batch];
     let mut sum = 0u64;
     loop {
         let n = match peer.recv(&mut recs) {
+            Ok(0) => match peer.link().wait_incoming(Some(CHILD_TIMEOUT)) {
+                Ok(_) => continue,
+                Err(rbuf::Error::PeerGone) => break,
+                Err(e) => return Err(e.into()),
+            },
             Ok(n) => n,
             Err(rbuf::Error::PeerGone) => break,
             Err(e) => return Err(e.into()),
         };
-        if n == 0 {
-            if peer.link().check_peer().is_err() {
-                break;
-            }
-            continue;
-        }
         for rec in &recs[..n] {
             // SAFETY: the originator does not touch a buffer it lent until we return it.
-            sum = sum.wrapping_add(read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?));
+            sum = read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?).wrapping_add(sum);
         }
         let mut done = 0;
         while done < n {
@@ -412,7 +416,7 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
     let listener = Listener::bind(&sock)?;
     let area = Arc::new(DataArea::create(64 * 256, PagePolicy::PreferHuge)?);
     let mut pool = Pool::slots(area.len(), 256);
-    let mut master = accept_master(&listener, area.clone(), 64, &pool)?;
+    let mut master = accept_master(&listener, area.clone(), PONG_SLOTS, &pool)?;
     master
         .link()
         .set_spins(if blocking { 0 } else { POLL_SPINS });
@@ -439,32 +443,6 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
     master.link().disconnect();
     finish(child)?;
     Ok(latency(samples))
-}
-
-fn child_rbuf_pong(sock: &Path, blocking: bool) -> Result<()> {
-    let mut peer = connect_peer(sock, 64)?;
-    peer.link().set_spins(if blocking { 0 } else { POLL_SPINS });
-    let mut recs = [IoRec::default(); 1];
-    let mut sum = 0;
-    loop {
-        match peer.recv(&mut recs) {
-            Ok(1) => {
-                // SAFETY: the originator does not touch a lent buffer until it is returned.
-                sum =
-                    read_all(unsafe { peer.area().bytes(recs[0].extents()[0]) }?).wrapping_add(sum);
-                peer.send(&recs)?;
-            }
-            Ok(_) => match peer.link().wait_incoming(Some(CHILD_TIMEOUT)) {
-                Ok(_) => {}
-                Err(rbuf::Error::PeerGone) => break,
-                Err(e) => return Err(e.into()),
-            },
-            Err(rbuf::Error::PeerGone) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    println!("{sum}");
-    Ok(())
 }
 
 fn uds_latency(s: &mut Session, iters: u64) -> Result<Latency> {
@@ -607,35 +585,6 @@ fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
     master.link().disconnect();
     finish(child)?;
     Ok((mib * BULK_BYTES as u64) as f64 / secs)
-}
-
-fn child_rbuf_bulk(sock: &Path) -> Result<()> {
-    let mut peer = connect_peer(sock, BULK_DEPTH)?;
-    peer.link().set_spins(POLL_SPINS);
-    let mut recs = [IoRec::default(); BULK_DEPTH];
-    let mut sum = 0;
-    loop {
-        let n = match peer.recv(&mut recs) {
-            Ok(0) => match peer.link().wait_incoming(Some(CHILD_TIMEOUT)) {
-                Ok(_) => continue,
-                Err(rbuf::Error::PeerGone) => break,
-                Err(e) => return Err(e.into()),
-            },
-            Ok(n) => n,
-            Err(rbuf::Error::PeerGone) => break,
-            Err(e) => return Err(e.into()),
-        };
-        for rec in &recs[..n] {
-            // SAFETY: the originator does not touch a lent buffer until it is returned.
-            sum = read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?).wrapping_add(sum);
-        }
-        let mut done = 0;
-        while done < n {
-            done += peer.send(&recs[done..n])?;
-        }
-    }
-    println!("{sum}");
-    Ok(())
 }
 
 /// The same buffers handed over with nothing but a count each way: the sender fills
@@ -873,15 +822,15 @@ pub fn child(kind: &str, sock: &Path, p: &IpcParams, cpu: Option<usize>) -> Resu
         pin(cpu)?;
     }
     match kind {
-        "rbuf-rate-1" => child_rbuf_rate(sock, 1),
-        "rbuf-rate-32" => child_rbuf_rate(sock, 32),
+        "rbuf-rate-1" => child_rbuf_echo(sock, RATE_SLOTS, 1, POLL_SPINS),
+        "rbuf-rate-32" => child_rbuf_echo(sock, RATE_SLOTS, 32, POLL_SPINS),
         "uds-rate" => child_uds_rate(sock, p.messages),
         "pipe-rate" => child_pipe_rate(p.messages),
-        "rbuf-pong-poll" => child_rbuf_pong(sock, false),
-        "rbuf-pong-block" => child_rbuf_pong(sock, true),
+        "rbuf-pong-poll" => child_rbuf_echo(sock, PONG_SLOTS, 1, POLL_SPINS),
+        "rbuf-pong-block" => child_rbuf_echo(sock, PONG_SLOTS, 1, 0),
         "uds-pong" => child_uds_pong(sock),
         "bare-pong" => child_bare_pong(sock),
-        "rbuf-bulk" => child_rbuf_bulk(sock),
+        "rbuf-bulk" => child_rbuf_echo(sock, BULK_DEPTH, BULK_DEPTH, POLL_SPINS),
         "bare-bulk" => child_bare_bulk(sock),
         "uds-bulk" => child_stream_bulk(Some(sock), p.bulk_mib),
         "pipe-bulk" => child_stream_bulk(None, p.bulk_mib),
