@@ -12,18 +12,17 @@ fn rbufnic() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbufnic"))
 }
 
-#[test]
-fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
--> Result<(), HarnessError> {
-    const N: u64 = 20_000;
-    let job = FwdJob::new(rbufnic(), N, 2_000);
-    let out = fwd_job::run(&job, &mut |step| eprintln!("qemu-fwd: {step}"), &mut |p| {
-        eprintln!(
-            "qemu-fwd: {:>5.1}s sent {} received {}",
-            p.elapsed.as_secs_f64(),
-            p.sent,
-            p.received.unique
-        )
+/// Runs the job; returns its outcome after checking what every run must satisfy.
+fn run_job(job: &FwdJob) -> Result<fwd_job::FwdOutcome, HarnessError> {
+    let out = fwd_job::run(job, &mut |step| eprintln!("qemu-fwd: {step}"), &mut |p| {
+        for f in &p.flows {
+            eprintln!(
+                "qemu-fwd: {:>5.1}s sent {} received {}",
+                p.elapsed.as_secs_f64(),
+                f.sent,
+                f.received.unique
+            );
+        }
     })?;
     let problems = out.problems();
     assert!(
@@ -31,28 +30,20 @@ fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
         "{problems:#?}\nguest output:\n{}",
         out.guest.output
     );
-    let r = &out.received;
-    assert_eq!((out.sent, r.unique, r.missing), (N, N, 0), "{r}");
-    assert_eq!((r.reordered, r.duplicates, r.invalid), (0, 0, 0), "{r}");
-    // Mixed sizes: the stream's lengths span the Ethernet range.
-    assert!(r.bytes > N * 600 && r.bytes < N * 1000, "{r}");
-    // The forwarder's own counts agree with the host's: every frame in on A, out on B,
-    // nothing the other way, every buffer back at the end.
-    for (key, want) in [
-        ("forwarded", N),
-        ("a_rx", N),
-        ("b_tx", N),
-        ("a_tx", 0),
-        ("b_rx", 0),
-        ("unaccounted_buffers", 0),
-    ] {
+    for f in &out.flows {
+        let r = &f.received;
+        let n = job.count;
+        assert_eq!((f.sent, r.unique, r.missing), (n, n, 0), "{}: {r}", f.name);
         assert_eq!(
-            out.summary_field(key),
-            Some(want),
-            "{key}\n{}",
-            out.guest.output
+            (r.reordered, r.duplicates, r.invalid),
+            (0, 0, 0),
+            "{}: {r}",
+            f.name
         );
+        // Mixed sizes: the stream's lengths span the Ethernet range.
+        assert!(r.bytes > n * 600 && r.bytes < n * 1000, "{}: {r}", f.name);
     }
+    assert_eq!(out.summary_field("unaccounted_buffers"), Some(0));
     // The per-second statistics line appeared while traffic flowed.
     assert!(
         out.guest
@@ -62,6 +53,55 @@ fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
         "{}",
         out.guest.output
     );
+    Ok(out)
+}
+
+#[test]
+fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
+-> Result<(), HarnessError> {
+    const N: u64 = 20_000;
+    let out = run_job(&FwdJob::new(rbufnic(), N, 2_000))?;
+    // The forwarder's own counts agree with the host's: every frame in on A, out on B,
+    // nothing the other way.
+    for (key, want) in [
+        ("forwarded", N),
+        ("a_rx", N),
+        ("b_tx", N),
+        ("a_tx", 0),
+        ("b_rx", 0),
+    ] {
+        assert_eq!(
+            out.summary_field(key),
+            Some(want),
+            "{key}\n{}",
+            out.guest.output
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn fwd_forwards_both_ways_at_once_through_one_pool() -> Result<(), HarnessError> {
+    const N: u64 = 6_000;
+    let job = FwdJob {
+        both_ways: true,
+        ..FwdJob::new(rbufnic(), N, 1_500)
+    };
+    let out = run_job(&job)?;
+    for (key, want) in [
+        ("forwarded", 2 * N),
+        ("a_rx", N),
+        ("a_tx", N),
+        ("b_rx", N),
+        ("b_tx", N),
+    ] {
+        assert_eq!(
+            out.summary_field(key),
+            Some(want),
+            "{key}\n{}",
+            out.guest.output
+        );
+    }
     Ok(())
 }
 

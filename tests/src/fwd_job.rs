@@ -1,14 +1,15 @@
 //! The main job, end to end: a QEMU guest with two emulated NICs, each on a UDP link to a
 //! host-side peer, runs `rbufnic fwd` between them; the host sends a fixed count of test
-//! frames into NIC A at a fixed rate and checks every frame that comes out of NIC B.
+//! frames into NIC A at a fixed rate and checks every frame that comes out of NIC B (and,
+//! with [`FwdJob::both_ways`], the same from B to A at the same time).
 //!
 //! ```text
 //!  host peer A --UDP--> QEMU NIC A (0000:00:03.0) --rbufnic fwd--> NIC B (0000:00:04.0) --UDP--> host peer B
 //! ```
 //!
-//! The forwarder rewrites the destination MAC to peer B's and the source MAC to NIC B's,
-//! so what peer B receives must be, byte for byte, the generator's frame for those two
-//! addresses: the check covers the rewrite and every payload byte. Used by the `qemu-fwd`
+//! The forwarder rewrites the destination MAC to the receiving peer's and the source MAC to
+//! the sending NIC's, so what a peer receives must be, byte for byte, the generator's frame
+//! for those two addresses: the check covers the rewrite and every payload byte. Used by the `qemu-fwd`
 //! binary (the README's first command) and by `apps`' guest scenario test.
 
 use std::fs;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::HarnessError;
@@ -51,6 +53,8 @@ pub struct FwdJob {
     pub seed: u64,
     /// `--batch` of `rbufnic fwd`.
     pub batch: usize,
+    /// Also send `count` frames from peer B into NIC B, to come out of NIC A.
+    pub both_ways: bool,
 }
 
 impl FwdJob {
@@ -65,8 +69,18 @@ impl FwdJob {
             model: NicModel::E1000_82540EM,
             seed: 1,
             batch: 32,
+            both_ways: false,
         }
     }
+}
+
+/// Live counts of one direction.
+#[derive(Clone, Debug)]
+pub struct FlowProgress {
+    /// Frames sent so far.
+    pub sent: u64,
+    /// What the receiving peer has received so far.
+    pub received: ReceiveReport,
 }
 
 /// Live counts, about once a second while traffic flows.
@@ -74,25 +88,32 @@ impl FwdJob {
 pub struct Progress {
     /// Time since sending started.
     pub elapsed: Duration,
-    /// Frames sent into NIC A so far.
-    pub sent: u64,
-    /// What peer B has received so far.
-    pub received: ReceiveReport,
+    /// A to B, then B to A if the job runs both ways.
+    pub flows: Vec<FlowProgress>,
     /// The forwarder's latest statistics line from the guest, if any yet.
     pub guest_line: Option<String>,
 }
 
-/// What a run produced.
-#[derive(Debug)]
-pub struct FwdOutcome {
-    /// Frames sent into NIC A.
+/// What one direction produced.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    /// `A->B` or `B->A`.
+    pub name: &'static str,
+    /// Frames sent into the first NIC.
     pub sent: u64,
     /// Their bytes (without FCS).
     pub sent_bytes: u64,
     /// How long sending took.
     pub send_elapsed: Duration,
-    /// What came out of NIC B, checked byte for byte.
+    /// What came out of the other NIC, checked byte for byte.
     pub received: ReceiveReport,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct FwdOutcome {
+    /// A to B, then B to A if the job ran both ways.
+    pub flows: Vec<Flow>,
     /// The guest's output and exit status (the forwarder's stats and summary lines).
     pub guest: GuestOutput,
 }
@@ -110,21 +131,31 @@ impl FwdOutcome {
             .and_then(|v| v.parse().ok())
     }
 
-    /// Frames sent that never came out of NIC B.
+    /// Frames sent, all directions.
+    pub fn sent(&self) -> u64 {
+        self.flows.iter().map(|f| f.sent).sum()
+    }
+
+    /// Frames sent that never came out of the other NIC, all directions.
     pub fn lost(&self) -> u64 {
-        self.received.missing
+        self.flows.iter().map(|f| f.received.missing).sum()
     }
 
     /// The failures, if any: loss, corruption, duplicates, reordering, a forwarder that
     /// exited non-zero or whose own counts disagree.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let r = &self.received;
-        if self.sent != r.expected {
-            out.push(format!("sent {} of {} frames", self.sent, r.expected));
-        }
-        if !r.is_perfect() {
-            out.push(format!("peer B: {r}"));
+        for f in &self.flows {
+            let r = &f.received;
+            if f.sent != r.expected {
+                out.push(format!(
+                    "{}: sent {} of {} frames",
+                    f.name, f.sent, r.expected
+                ));
+            }
+            if !r.is_perfect() {
+                out.push(format!("{}: {r}", f.name));
+            }
         }
         if self.guest.exit_status != 0 {
             out.push(format!(
@@ -133,14 +164,20 @@ impl FwdOutcome {
             ));
         }
         match self.summary_field("forwarded") {
-            Some(n) if n == self.sent => {}
+            Some(n) if n == self.sent() => {}
             Some(n) => out.push(format!(
                 "rbufnic fwd forwarded {n} frames, the host sent {}",
-                self.sent
+                self.sent()
             )),
             None => out.push("no summary line from rbufnic fwd".to_string()),
         }
-        for key in ["a_drops", "a_errors", "b_drops", "b_errors"] {
+        for key in [
+            "a_drops",
+            "a_errors",
+            "b_drops",
+            "b_errors",
+            "unaccounted_buffers",
+        ] {
             if let Some(n) = self.summary_field(key).filter(|&n| n != 0) {
                 out.push(format!("rbufnic fwd counted {key}={n}"));
             }
@@ -160,6 +197,122 @@ fn last_stats_line(console_log: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
+fn len_range(g: FrameGen, job: &FwdJob) -> Result<FrameGen, HarnessError> {
+    g.with_len_range(job.min_len, job.max_len)
+        .map_err(|e| HarnessError::InvalidConfig {
+            reason: e.to_string(),
+        })
+}
+
+/// One direction in flight: a paced sender thread and a checking receiver thread.
+struct Running {
+    name: &'static str,
+    sent: Arc<AtomicU64>,
+    live: Arc<Mutex<Option<ReceiveReport>>>,
+    count: u64,
+    sender: JoinHandle<Result<(u64, u64, Duration), HarnessError>>,
+    receiver: JoinHandle<Result<ReceiveReport, HarnessError>>,
+}
+
+fn panicked(what: &str) -> HarnessError {
+    HarnessError::InvalidConfig {
+        reason: format!("the {what} thread panicked"),
+    }
+}
+
+impl Running {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        name: &'static str,
+        from: UdpPeer,
+        to: UdpPeer,
+        sent_stream: FrameGen,
+        expected_stream: FrameGen,
+        count: u64,
+        rate: u32,
+        timeout: Duration,
+    ) -> Running {
+        let plan = ReceivePlan::new(count)
+            .timeout(timeout)
+            .linger(Duration::from_secs(1));
+        let live = Arc::new(Mutex::new(None::<ReceiveReport>));
+        let live_rx = Arc::clone(&live);
+        let receiver = thread::spawn(move || {
+            to.receive_observed(
+                &expected_stream,
+                &plan,
+                Duration::from_millis(250),
+                &mut |r| {
+                    *live_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+                },
+            )
+        });
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent_tx = Arc::clone(&sent);
+        let sender = thread::spawn(move || {
+            // In slices of 20 ms, so the count shows live; each slice is paced.
+            let slice = u64::from(rate).div_ceil(50).max(1);
+            let start = Instant::now();
+            let (mut next, mut bytes) = (0, 0);
+            while next < count {
+                let n = slice.min(count - next);
+                let due = start + Duration::from_secs_f64(next as f64 / f64::from(rate));
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+                let report = from.send(
+                    &sent_stream,
+                    &SendPlan::new(n)
+                        .first_seq(next)
+                        .rate_per_sec(rate)
+                        .time_limit(Duration::from_secs(3600)),
+                )?;
+                next += report.sent;
+                bytes += report.bytes;
+                sent_tx.store(next, Ordering::Relaxed);
+            }
+            Ok((next, bytes, start.elapsed()))
+        });
+        Running {
+            name,
+            sent,
+            live,
+            count,
+            sender,
+            receiver,
+        }
+    }
+
+    fn progress(&self) -> FlowProgress {
+        let received = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| ReceiveReport {
+                expected: self.count,
+                missing: self.count,
+                ..ReceiveReport::default()
+            });
+        FlowProgress {
+            // Read after the receive counts, so it is never behind them.
+            sent: self.sent.load(Ordering::Relaxed),
+            received,
+        }
+    }
+
+    fn finish(self) -> Result<Flow, HarnessError> {
+        let (sent, sent_bytes, send_elapsed) =
+            self.sender.join().map_err(|_| panicked("sender"))??;
+        let received = self.receiver.join().map_err(|_| panicked("receiver"))??;
+        Ok(Flow {
+            name: self.name,
+            sent,
+            sent_bytes,
+            send_elapsed,
+            received,
+        })
+    }
+}
+
 /// Boots the guest, runs the forwarder, drives the traffic and collects the outcome.
 /// `progress` sees live counts about once a second; `step` names each phase as it starts.
 pub fn run(
@@ -172,30 +325,21 @@ pub fn run(
             reason: "count and rate must be at least 1".into(),
         });
     }
-    let to_a = FrameGen::new(job.seed, NIC_A_MAC, PEER_A_MAC)
-        .with_len_range(job.min_len, job.max_len)
-        .map_err(|e| HarnessError::InvalidConfig {
-            reason: e.to_string(),
-        })?;
-    let from_b = FrameGen::new(job.seed, PEER_B_MAC, NIC_B_MAC)
-        .with_len_range(job.min_len, job.max_len)
-        .map_err(|e| HarnessError::InvalidConfig {
-            reason: e.to_string(),
-        })?;
     let (peer_a, backend_a) = UdpPeer::for_qemu()?;
     let (peer_b, backend_b) = UdpPeer::for_qemu()?;
     // Sending takes count/rate seconds; frames arrive within a second of being sent, so
     // half as long again and some slack bound a run that lost frames.
     let send_secs = job.count.div_ceil(u64::from(job.rate_per_sec));
     let traffic_timeout = Duration::from_secs(send_secs * 3 / 2 + 15);
+    let directions = if job.both_ways { 2 } else { 1 };
     let command = format!(
         "exec {} fwd {} {} --batch {} --count {} --duration {} \
-         --rewrite-dst-mac {PEER_B_MAC} --rewrite-src-mac",
+         --rewrite-dst-mac {PEER_B_MAC},{PEER_A_MAC} --rewrite-src-mac",
         host_path(&job.rbufnic).display(),
         nic_bdf(0),
         nic_bdf(1),
         job.batch,
-        job.count,
+        directions * job.count,
         traffic_timeout.as_secs() + 10,
     );
     step(&format!("booting the QEMU guest; it runs: {command}"));
@@ -208,81 +352,61 @@ pub fn run(
     let ready = guest.wait_for_line("fwd ready", Duration::from_secs(180))?;
     step(ready.trim());
 
-    let plan = ReceivePlan::new(job.count)
-        .timeout(traffic_timeout)
-        .linger(Duration::from_secs(1));
-    let live = Arc::new(Mutex::new(None::<ReceiveReport>));
-    let live_rx = Arc::clone(&live);
-    let receiver = thread::spawn(move || {
-        peer_b.receive_observed(&from_b, &plan, Duration::from_millis(250), &mut |r| {
-            *live_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
-        })
-    });
     step(&format!(
-        "sending {} frames of {}..{} bytes at {} frames/s into NIC A",
-        job.count, job.min_len, job.max_len, job.rate_per_sec
-    ));
-    let sent = Arc::new(AtomicU64::new(0));
-    let sent_tx = Arc::clone(&sent);
-    let (count, rate) = (job.count, job.rate_per_sec);
-    let sender = thread::spawn(move || -> Result<(u64, u64, Duration), HarnessError> {
-        // In slices of 20 ms, so the count shows live; each slice is paced.
-        let slice = u64::from(rate).div_ceil(50).max(1);
-        let start = Instant::now();
-        let (mut next, mut bytes) = (0, 0);
-        while next < count {
-            let n = slice.min(count - next);
-            let due = start + Duration::from_secs_f64(next as f64 / f64::from(rate));
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-            let report = peer_a.send(
-                &to_a,
-                &SendPlan::new(n)
-                    .first_seq(next)
-                    .rate_per_sec(rate)
-                    .time_limit(Duration::from_secs(3600)),
-            )?;
-            next += report.sent;
-            bytes += report.bytes;
-            sent_tx.store(next, Ordering::Relaxed);
+        "sending {} frames of {}..{} bytes at {} frames/s into NIC A{}",
+        job.count,
+        job.min_len,
+        job.max_len,
+        job.rate_per_sec,
+        if job.both_ways {
+            ", and as many into NIC B"
+        } else {
+            ""
         }
-        Ok((next, bytes, start.elapsed()))
-    });
+    ));
+    let mut flows = vec![Running::start(
+        "A->B",
+        peer_a.try_clone()?,
+        peer_b.try_clone()?,
+        len_range(FrameGen::new(job.seed, NIC_A_MAC, PEER_A_MAC), job)?,
+        len_range(FrameGen::new(job.seed, PEER_B_MAC, NIC_B_MAC), job)?,
+        job.count,
+        job.rate_per_sec,
+        traffic_timeout,
+    )];
+    if job.both_ways {
+        let seed = job.seed.wrapping_add(1);
+        flows.push(Running::start(
+            "B->A",
+            peer_b,
+            peer_a,
+            len_range(FrameGen::new(seed, NIC_B_MAC, PEER_B_MAC), job)?,
+            len_range(FrameGen::new(seed, PEER_A_MAC, NIC_A_MAC), job)?,
+            job.count,
+            job.rate_per_sec,
+            traffic_timeout,
+        ));
+    }
 
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(1);
-    while !receiver.is_finished() {
+    while !flows.iter().all(|f| f.receiver.is_finished()) {
         thread::sleep(Duration::from_millis(50));
         if Instant::now() < next_report {
             continue;
         }
         next_report += Duration::from_secs(1);
-        let received = live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         progress(&Progress {
             elapsed: started.elapsed(),
-            // Read after the receive counts, so it is never behind them.
-            sent: sent.load(Ordering::Relaxed),
-            received: received.unwrap_or_else(|| ReceiveReport {
-                expected: job.count,
-                missing: job.count,
-                ..ReceiveReport::default()
-            }),
+            flows: flows.iter().map(Running::progress).collect(),
             guest_line: last_stats_line(guest.console_log()),
         });
     }
-    let (sent, sent_bytes, send_elapsed) =
-        sender.join().map_err(|_| HarnessError::InvalidConfig {
-            reason: "the sender thread panicked".into(),
-        })??;
-    let received = receiver.join().map_err(|_| HarnessError::InvalidConfig {
-        reason: "the receiver thread panicked".into(),
-    })??;
+    let flows = flows
+        .into_iter()
+        .map(Running::finish)
+        .collect::<Result<Vec<Flow>, HarnessError>>()?;
     step("traffic done; waiting for the forwarder's summary");
     let guest = guest.wait()?;
-    Ok(FwdOutcome {
-        sent,
-        sent_bytes,
-        send_elapsed,
-        received,
-        guest,
-    })
+    Ok(FwdOutcome { flows, guest })
 }

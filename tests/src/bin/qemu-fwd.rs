@@ -73,6 +73,9 @@ struct Cli {
     /// Build and run `rbufnic` in release mode (default: the profile qemu-fwd was built in).
     #[arg(long)]
     release: bool,
+    /// Also send as many frames into NIC B at the same rate, to come out of NIC A.
+    #[arg(long)]
+    both_ways: bool,
     /// Use this `rbufnic` binary instead of building one.
     #[arg(long, value_name = "PATH")]
     rbufnic: Option<PathBuf>,
@@ -126,58 +129,67 @@ fn build_rbufnic(release: bool) -> Result<PathBuf, String> {
 }
 
 fn print_progress(p: &Progress, count: u64) {
-    let r = &p.received;
-    let in_flight = p.sent.saturating_sub(r.unique);
-    println!(
-        "[{:>5.1}s] sent {}/{count}  received {} byte-exact, {} in flight or lost, {} reordered, {} bad",
-        p.elapsed.as_secs_f64(),
-        p.sent,
-        r.unique,
-        in_flight,
-        r.reordered,
-        r.invalid + r.duplicates + r.out_of_range,
-    );
+    for (i, f) in p.flows.iter().enumerate() {
+        let r = &f.received;
+        println!(
+            "{} {}: sent {}/{count}  received {} byte-exact, {} in flight or lost, {} reordered, {} bad",
+            if i == 0 {
+                format!("[{:>5.1}s]", p.elapsed.as_secs_f64())
+            } else {
+                " ".repeat(8)
+            },
+            ["A->B", "B->A"][i],
+            f.sent,
+            r.unique,
+            f.sent.saturating_sub(r.unique),
+            r.reordered,
+            r.invalid + r.duplicates + r.out_of_range,
+        );
+    }
     if let Some(line) = &p.guest_line {
-        println!("          guest: {line}");
+        println!("         guest: {line}");
     }
 }
 
 fn print_summary(job: &FwdJob, o: &FwdOutcome) {
-    let r = &o.received;
-    let secs = o.send_elapsed.as_secs_f64();
-    let per_sec = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
     println!();
     println!(
         "qemu-fwd summary ({} x2, rbufnic fwd --batch {})",
         job.model.qemu_device(),
         job.batch
     );
-    println!(
-        "  sent        {} frames, {}..{} bytes, {} bytes in {secs:.1} s: {:.0} frames/s, {:.1} Mbit/s",
-        o.sent,
-        job.min_len,
-        job.max_len,
-        o.sent_bytes,
-        per_sec(o.sent as f64),
-        per_sec(o.sent_bytes as f64 * 8.0) / 1e6
-    );
+    for f in &o.flows {
+        let r = &f.received;
+        let secs = f.send_elapsed.as_secs_f64();
+        let per_sec = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+        println!("  {}", f.name);
+        println!(
+            "    sent        {} frames, {}..{} bytes, {} bytes in {secs:.1} s: {:.0} frames/s, {:.1} Mbit/s",
+            f.sent,
+            job.min_len,
+            job.max_len,
+            f.sent_bytes,
+            per_sec(f.sent as f64),
+            per_sec(f.sent_bytes as f64 * 8.0) / 1e6
+        );
+        println!(
+            "    received    {} frames, {} bytes, byte-exact",
+            r.unique, r.bytes
+        );
+        println!("    lost        {}", r.missing);
+        println!("    reordered   {}", r.reordered);
+        println!("    duplicates  {}", r.duplicates);
+        println!("    corrupt     {}", r.invalid + r.out_of_range);
+        if !r.missing_samples.is_empty() {
+            println!("    first lost sequence numbers: {:?}", r.missing_samples);
+        }
+        for e in &r.invalid_samples {
+            println!("    bad frame: {e}");
+        }
+    }
     match o.summary_field("forwarded") {
-        Some(n) => println!("  forwarded   {n} frames (rbufnic fwd's count, in the guest)"),
-        None => println!("  forwarded   ? (no summary from rbufnic fwd)"),
-    }
-    println!(
-        "  received    {} frames, {} bytes, byte-exact",
-        r.unique, r.bytes
-    );
-    println!("  lost        {}", o.lost());
-    println!("  reordered   {}", r.reordered);
-    println!("  duplicates  {}", r.duplicates);
-    println!("  corrupt     {}", r.invalid + r.out_of_range);
-    if !r.missing_samples.is_empty() {
-        println!("  first lost sequence numbers: {:?}", r.missing_samples);
-    }
-    for e in &r.invalid_samples {
-        println!("  bad frame: {e}");
+        Some(n) => println!("  forwarded     {n} frames (rbufnic fwd's count, in the guest)"),
+        None => println!("  forwarded     ? (no summary from rbufnic fwd)"),
     }
     for line in o.guest.output.lines().filter(|l| {
         l.starts_with("fwd summary") || l.starts_with("  port ") || l.starts_with("rbufnic:")
@@ -207,6 +219,7 @@ fn main() -> ExitCode {
         model: cli.model.nic_model(),
         seed: cli.seed,
         batch: cli.batch,
+        both_ways: cli.both_ways,
         ..FwdJob::new(rbufnic, cli.count, cli.rate)
     };
     let outcome = fwd_job::run(&job, &mut |step| println!("qemu-fwd: {step}"), &mut |p| {
@@ -224,7 +237,7 @@ fn main() -> ExitCode {
     if problems.is_empty() {
         println!(
             "PASS: {} frames forwarded, none lost, all in order and byte-exact",
-            outcome.sent
+            outcome.sent()
         );
         ExitCode::SUCCESS
     } else {
