@@ -223,6 +223,15 @@ impl Link {
         }
     }
 
+    /// Like `alive`, but a peer that merely left (exited, closed) still lets us take what
+    /// it published before it went: its memory stays mapped here. An evicted one does not.
+    fn drainable(&self) -> Result<(), Error> {
+        match &self.dead {
+            Some(DeadReason::Gone) => Ok(()),
+            _ => self.alive(),
+        }
+    }
+
     /// Records a protocol error of the peer; returns the error to report (the eviction
     /// once past the tolerance).
     fn violation(&mut self, err: Error) -> Error {
@@ -278,10 +287,13 @@ impl Link {
 
     /// Pops IOrecs from the peer, unvalidated copies; the typed ends validate them.
     fn pop(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
-        self.alive()?;
+        self.drainable()?;
         let (n, wake) = self.inp.pop(out).map_err(|e| self.violation(e))?;
         self.stats.received += n as u64;
-        if wake {
+        if n == 0 && self.dead.is_some() {
+            return Err(Error::PeerGone);
+        }
+        if wake && self.dead.is_none() {
             self.peer_bell.ring();
             self.stats.wakeups_sent += 1;
         }
@@ -345,7 +357,13 @@ impl Link {
     }
 
     fn wait(&mut self, what: Await, timeout: Option<Duration>) -> Result<bool, Error> {
-        self.alive()?;
+        if self.dead.is_some() {
+            // What a departed peer published can still be taken; nothing else will come.
+            return match what {
+                Await::Incoming if self.drainable().is_ok() && self.ready(what)? => Ok(true),
+                _ => Err(self.alive().unwrap_err()),
+            };
+        }
         for _ in 0..self.spins {
             if self.ready(what)? {
                 return Ok(true);
@@ -369,8 +387,15 @@ impl Link {
                 None => None,
             };
             self.stats.sleeps += 1;
-            self.sleep(left)?;
+            let slept = self.sleep(left);
             self.disarm(what);
+            if let Err(e) = slept {
+                return if what == Await::Incoming && self.ready(what)? {
+                    Ok(true)
+                } else {
+                    Err(e)
+                };
+            }
             if self.ready(what)? {
                 return Ok(true);
             }
@@ -440,7 +465,7 @@ impl Master {
     /// Sends IOrecs of buffers the master holds (tag = buffer id, extents inside the
     /// buffer); returns how many fit in the ring. The sent buffers are lent to the peer.
     pub fn send(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
-        let n = self.offer(pool, recs).map_err(|e| self.fail(pool, e))?;
+        let n = self.offer(pool, recs)?;
         for rec in &recs[..n] {
             pool.unhold(rec.tag() as BufId);
         }
@@ -469,7 +494,7 @@ impl Master {
                 for undo in recs {
                     pool.unlend(undo.tag() as BufId, &mut self.lent);
                 }
-                return Err(self.fail(pool, e));
+                return Err(self.fail(pool, e, false));
             }
         };
         for undo in &recs[n..] {
@@ -482,7 +507,7 @@ impl Master {
     /// each must name a buffer lent to this peer, extents inside it. The master holds
     /// the returned buffers (free them with [`Pool::free`] or send them again).
     pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
-        let n = self.link.pop(out).map_err(|e| self.fail(pool, e))?;
+        let n = self.link.pop(out).map_err(|e| self.fail(pool, e, true))?;
         let mut kept = 0;
         let mut fatal = None;
         for i in 0..n {
@@ -526,17 +551,25 @@ impl Master {
         }
     }
 
-    /// Once the peer is gone or evicted, takes back everything it held.
-    fn fail(&mut self, pool: &mut Pool, e: Error) -> Error {
-        if matches!(e, Error::PeerGone | Error::PeerEvicted { .. }) {
-            self.reclaim_all(pool);
+    /// Takes back everything the peer held once it is evicted, or once it is gone and
+    /// everything it published before leaving was received (`drained`).
+    fn fail(&mut self, pool: &mut Pool, e: Error, drained: bool) -> Error {
+        match e {
+            Error::PeerEvicted { .. } => {
+                self.reclaim_all(pool);
+            }
+            Error::PeerGone if drained => {
+                self.reclaim_all(pool);
+            }
+            _ => {}
         }
         e
     }
 
     /// Takes back every buffer lent to the peer (after it died or was evicted); returns
-    /// how many. [`Master::send`] and [`Master::recv`] do this themselves when they find
-    /// the peer gone; after a [`Link`] wait reports it, call this.
+    /// how many. [`Master::recv`] does this itself once a departed peer's last IOrecs
+    /// are received (it then returns [`Error::PeerGone`]), and any call on an evicted one;
+    /// after a [`Link`] wait reports the peer gone, keep calling `recv` or call this.
     pub fn reclaim_all(&mut self, pool: &mut Pool) -> usize {
         pool.reclaim(&mut self.lent)
     }
