@@ -189,7 +189,7 @@ impl Link {
 
     /// The doorbell this side sleeps on, for use with `epoll`: call
     /// [`Link::arm_incoming`] first, and if it returns `false`, wait for the fd to become
-    /// readable (then read it, or call [`Link::wait_incoming`] with a zero timeout).
+    /// readable, then [`Doorbell::drain`] it and receive.
     pub fn doorbell(&self) -> &Doorbell {
         &self.bell
     }

@@ -536,7 +536,8 @@ pub fn pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PagePolicy, Pool};
+    use crate::{IoRec, PagePolicy, Pool};
+    use rustix::event::Timespec;
 
     #[test]
     fn hello_round_trips_and_refuses_garbage() {
@@ -611,6 +612,110 @@ mod tests {
             pool.free(id);
             assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
         }
+    }
+
+    fn tmm_pair(slots: usize) -> (Master, Peer, Pool, Arc<DataArea>) {
+        let area = Arc::new(DataArea::create(1 << 20, PagePolicy::Shmem).unwrap());
+        let pool = Pool::slots(area.len(), 2048);
+        let (o, r) = pair(Mode::Tmm, slots, area.clone(), pool.capacity()).unwrap();
+        (o.into_master().unwrap(), r.into_peer().unwrap(), pool, area)
+    }
+
+    #[test]
+    fn epoll_on_the_doorbell_wakes_only_when_armed() {
+        use rustix::event::epoll;
+        let (mut master, mut peer, mut pool, _area) = tmm_pair(8);
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        epoll::add(
+            &ep,
+            peer.link().doorbell(),
+            epoll::EventData::new_u64(7),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
+        let zero = Timespec::default();
+        let mut send_one = |master: &mut Master, pool: &mut Pool| {
+            let id = pool.alloc(64).unwrap();
+            let rec = pool.iorec(id);
+            assert_eq!(master.send(pool, &[rec]).unwrap(), 1);
+        };
+        // Not armed: the sender makes no system call, the doorbell stays quiet.
+        send_one(&mut master, &mut pool);
+        assert_eq!(master.link().stats().wakeups_sent, 0);
+        events.clear();
+        assert_eq!(
+            epoll::wait(
+                &ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&zero)
+            )
+            .unwrap(),
+            0
+        );
+        let mut got = [IoRec::default(); 8];
+        assert_eq!(peer.recv(&mut got).unwrap(), 1);
+        // Armed with nothing pending: the next send rings, and epoll reports it.
+        assert!(!peer.link().arm_incoming().unwrap());
+        send_one(&mut master, &mut pool);
+        assert_eq!(master.link().stats().wakeups_sent, 1);
+        events.clear();
+        let timeout = Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        assert_eq!(
+            epoll::wait(
+                &ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&timeout)
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(events[0].data.u64(), 7);
+        peer.link().doorbell().drain();
+        assert_eq!(peer.recv(&mut got).unwrap(), 1);
+        events.clear();
+        assert_eq!(
+            epoll::wait(
+                &ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&zero)
+            )
+            .unwrap(),
+            0,
+            "drained"
+        );
+    }
+
+    #[test]
+    fn blocking_wait_times_out_and_then_wakes() {
+        let (mut master, mut peer, mut pool, _area) = tmm_pair(8);
+        peer.link().set_spins(0);
+        let t = std::time::Instant::now();
+        assert!(
+            !peer
+                .link()
+                .wait_incoming(Some(Duration::from_millis(30)))
+                .unwrap()
+        );
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let waiter = std::thread::spawn(move || {
+            let woke = peer
+                .link()
+                .wait_incoming(Some(Duration::from_secs(10)))
+                .unwrap();
+            (woke, peer.link().stats().sleeps)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let id = pool.alloc(64).unwrap();
+        let rec = pool.iorec(id);
+        master.send(&mut pool, &[rec]).unwrap();
+        let (woke, sleeps) = waiter.join().unwrap();
+        assert!(woke);
+        assert!(sleeps >= 2, "it slept in both waits ({sleeps})");
+        assert_eq!(master.link().stats().wakeups_sent, 1);
     }
 
     #[test]
