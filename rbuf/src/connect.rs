@@ -635,7 +635,7 @@ mod tests {
         .unwrap();
         let mut events: Vec<epoll::Event> = Vec::with_capacity(4);
         let zero = Timespec::default();
-        let mut send_one = |master: &mut Master, pool: &mut Pool| {
+        let send_one = |master: &mut Master, pool: &mut Pool| {
             let id = pool.alloc(64).unwrap();
             let rec = pool.iorec(id);
             assert_eq!(master.send(pool, &[rec]).unwrap(), 1);
