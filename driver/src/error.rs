@@ -15,6 +15,9 @@ use crate::pci::PciAddress;
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The rbuf channel of a port failed (the application left, or broke the protocol).
+    #[error("channel: {0}")]
+    Channel(#[source] rbuf::Error),
     /// A PCI address that does not parse.
     #[error("malformed PCI address {input:?}: {reason} (expected DDDD:BB:DD.F, e.g. 0000:00:03.0)")]
     BadPciAddress {

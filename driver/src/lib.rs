@@ -22,9 +22,13 @@ pub mod fake;
 pub mod mmio;
 pub mod nic;
 pub mod pci;
+pub mod port;
+#[cfg(test)]
+mod port_tests;
 pub mod vfio;
 
 pub use e1000::E1000;
 pub use error::Error;
 pub use nic::{AreaId, Batch, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, LinkStatus, MacAddr, Nic, Stats};
 pub use pci::PciAddress;
+pub use port::{Port, PortStats};
