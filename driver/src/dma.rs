@@ -9,7 +9,7 @@ use std::ffi::CStr;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use rbuf::DataArea;
 use rbuf::shm::Region;
@@ -89,21 +89,25 @@ impl DmaMapping {
 
     /// Maps descriptor memory device-writable.
     pub fn of_memory(iommu: &Arc<dyn Iommu>, memory: &DmaMemory) -> Result<DmaMapping, Error> {
+        DmaMapping::of_memory_with(iommu, memory, DmaAccess::DeviceWrites)
+    }
+
+    /// Maps driver memory with the given device access (device-read-only for memory the
+    /// device must never write, such as virtio-net's transmit header).
+    pub fn of_memory_with(
+        iommu: &Arc<dyn Iommu>,
+        memory: &DmaMemory,
+        access: DmaAccess,
+    ) -> Result<DmaMapping, Error> {
         // SAFETY: `DmaMemory` is a writable shared mapping that it only ever accesses
         // through atomics on raw pointers; it outlives the mapping in every owner here
         // (rings drop their mapping first), and VFIO pins the pages in any case.
-        let iova = unsafe {
-            iommu.map(
-                memory.ptr.as_ptr(),
-                memory.len_bytes,
-                DmaAccess::DeviceWrites,
-            )?
-        };
+        let iova = unsafe { iommu.map(memory.ptr.as_ptr(), memory.len_bytes, access)? };
         Ok(DmaMapping {
             iommu: Arc::clone(iommu),
             iova,
             len_bytes: memory.len_bytes,
-            access: DmaAccess::DeviceWrites,
+            access,
         })
     }
 
@@ -201,6 +205,45 @@ impl DmaMemory {
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast::<u64>()) }
     }
 
+    fn checked(&self, offset: usize, width: usize) -> *mut u8 {
+        assert!(
+            offset.is_multiple_of(width) && offset + width <= self.len_bytes,
+            "descriptor field {offset:#x} ({width} bytes) outside {} bytes or misaligned",
+            self.len_bytes
+        );
+        // SAFETY: in bounds (checked above) of the mapping `ptr` starts.
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
+    /// Reads the little-endian 16-bit field at `offset` (2-byte aligned) with `order`.
+    pub fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
+        let p = self.checked(offset, 2).cast::<u16>();
+        // SAFETY: in bounds and aligned (`checked`); the memory lives as long as `self`
+        // and is only ever accessed atomically by this process.
+        u16::from_le(unsafe { AtomicU16::from_ptr(p) }.load(order))
+    }
+
+    /// Writes the little-endian 16-bit field at `offset` (2-byte aligned) with `order`.
+    pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
+        let p = self.checked(offset, 2).cast::<u16>();
+        // SAFETY: as in `load_u16`.
+        unsafe { AtomicU16::from_ptr(p) }.store(value.to_le(), order);
+    }
+
+    /// Reads the little-endian 32-bit field at `offset` (4-byte aligned) with `order`.
+    pub fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+        let p = self.checked(offset, 4).cast::<u32>();
+        // SAFETY: as in `load_u16`.
+        u32::from_le(unsafe { AtomicU32::from_ptr(p) }.load(order))
+    }
+
+    /// Writes the little-endian 32-bit field at `offset` (4-byte aligned) with `order`.
+    pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+        let p = self.checked(offset, 4).cast::<u32>();
+        // SAFETY: as in `load_u16`.
+        unsafe { AtomicU32::from_ptr(p) }.store(value.to_le(), order);
+    }
+
     /// Reads the little-endian 64-bit word at `offset` with `order`.
     pub fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
         u64::from_le(self.word(offset).load(order))
@@ -249,6 +292,25 @@ mod tests {
         assert_eq!(first, 0x08);
         m.clear();
         assert_eq!(m.load_u64(8, Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn narrow_fields_are_little_endian_and_do_not_touch_neighbours() {
+        let m = DmaMemory::new(c"test-ring", 64).unwrap();
+        m.store_u64(0, u64::MAX, Ordering::Relaxed);
+        m.store_u16(2, 0x1234, Ordering::Release);
+        assert_eq!(m.load_u64(0, Ordering::Relaxed), 0xffff_ffff_1234_ffff);
+        assert_eq!(m.load_u16(2, Ordering::Acquire), 0x1234);
+        m.store_u32(4, 0xa1b2_c3d4, Ordering::Release);
+        assert_eq!(m.load_u64(0, Ordering::Relaxed), 0xa1b2_c3d4_1234_ffff);
+        assert_eq!(m.load_u32(4, Ordering::Acquire), 0xa1b2_c3d4);
+    }
+
+    #[test]
+    #[should_panic(expected = "misaligned")]
+    fn misaligned_narrow_fields_are_a_bug() {
+        let m = DmaMemory::new(c"test-ring", 64).unwrap();
+        m.load_u16(3, Ordering::Relaxed);
     }
 
     #[test]

@@ -229,6 +229,36 @@ pub enum Error {
     /// The operation needs interrupts, which are not set up.
     #[error("interrupts are not enabled on this NIC (polling mode)")]
     NoInterrupts,
+    /// A virtio device does not offer a feature this driver cannot do without.
+    #[error("{addr}: the virtio device does not offer {feature} (feature bit {bit}): {why}")]
+    VirtioFeatureMissing {
+        /// The device.
+        addr: PciAddress,
+        /// The specification name of the feature.
+        feature: &'static str,
+        /// Its bit number.
+        bit: u32,
+        /// Why the driver needs it, and how to get it.
+        why: &'static str,
+    },
+    /// A virtio device whose PCI capabilities cannot be used.
+    #[error("{addr}: virtio capabilities: {source}")]
+    VirtioCapabilities {
+        /// The device.
+        addr: PciAddress,
+        /// What is wrong with them.
+        source: crate::virtio::caps::CapError,
+    },
+    /// A virtio device that does not do what the specification requires of it.
+    #[error("{addr}: virtio device {what} ({value:#x})")]
+    Virtio {
+        /// The device.
+        addr: PciAddress,
+        /// What it did or did not do.
+        what: &'static str,
+        /// The value involved (a status byte, a queue index, a size).
+        value: u64,
+    },
     /// A test hook was misused.
     #[error("fault injection: {0}")]
     FaultInjection(&'static str),

@@ -117,7 +117,104 @@ impl Bar {
     }
 
     fn in_bounds(&self, offset: u32) -> bool {
-        offset.is_multiple_of(4) && u64::from(offset) + 4 <= self.len_bytes
+        self.in_bounds_for(offset, 4)
+    }
+
+    fn in_bounds_for(&self, offset: u32, width: u32) -> bool {
+        offset.is_multiple_of(width) && u64::from(offset) + u64::from(width) <= self.len_bytes
+    }
+
+    /// Reads the 8-bit register at `offset` (virtio's common configuration has 8- and
+    /// 16-bit fields that must be accessed with their own width). Out of bounds reads
+    /// return all ones and log.
+    pub fn read8(&self, offset: u32) -> u8 {
+        let mut b = [0xffu8; 1];
+        self.read_narrow(offset, &mut b);
+        b[0]
+    }
+
+    /// Reads the little-endian 16-bit register at `offset` (2-byte aligned).
+    pub fn read16(&self, offset: u32) -> u16 {
+        let mut b = [0xffu8; 2];
+        self.read_narrow(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    /// Writes the 8-bit register at `offset`.
+    pub fn write8(&self, offset: u32, value: u8) {
+        self.write_narrow(offset, &[value]);
+    }
+
+    /// Writes the little-endian 16-bit register at `offset` (2-byte aligned).
+    pub fn write16(&self, offset: u32, value: u16) {
+        self.write_narrow(offset, &value.to_le_bytes());
+    }
+
+    fn read_narrow(&self, offset: u32, buf: &mut [u8]) {
+        let width = buf.len() as u32;
+        if !self.in_bounds_for(offset, width) {
+            log::error!(
+                "BAR{} {width}-byte read at {offset:#x} outside {:#x} bytes",
+                self.index,
+                self.len_bytes
+            );
+            return;
+        }
+        match &self.access {
+            Access::Mapped(ptr) => {
+                // SAFETY: in bounds and aligned for `width` (checked above) inside a
+                // mapping owned by `self`; volatile reads of device memory of exactly
+                // the register's width, no reference made.
+                unsafe {
+                    let p = ptr.as_ptr().add(offset as usize);
+                    if width == 1 {
+                        buf[0] = p.read_volatile();
+                    } else {
+                        buf.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes());
+                    }
+                }
+            }
+            Access::File { fd, base } => {
+                if !matches!(rustix::io::pread(fd, &mut *buf, base + u64::from(offset)), Ok(n) if n == buf.len())
+                {
+                    log::error!("BAR{} pread at {offset:#x} failed", self.index);
+                    buf.fill(0xff);
+                }
+            }
+        }
+    }
+
+    fn write_narrow(&self, offset: u32, data: &[u8]) {
+        let width = data.len() as u32;
+        if !self.in_bounds_for(offset, width) {
+            log::error!(
+                "BAR{} {width}-byte write at {offset:#x} outside {:#x} bytes",
+                self.index,
+                self.len_bytes
+            );
+            return;
+        }
+        match &self.access {
+            Access::Mapped(ptr) => {
+                // SAFETY: in bounds and aligned for `width` (checked above) inside a
+                // mapping owned by `self`; a volatile write of the register's width.
+                unsafe {
+                    let p = ptr.as_ptr().add(offset as usize);
+                    if width == 1 {
+                        p.write_volatile(data[0]);
+                    } else {
+                        p.cast::<u16>()
+                            .write_volatile(u16::from_ne_bytes([data[0], data[1]]));
+                    }
+                }
+            }
+            Access::File { fd, base } => {
+                if !matches!(rustix::io::pwrite(fd, data, base + u64::from(offset)), Ok(n) if n == data.len())
+                {
+                    log::error!("BAR{} pwrite at {offset:#x} failed", self.index);
+                }
+            }
+        }
     }
 }
 

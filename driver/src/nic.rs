@@ -173,8 +173,11 @@ pub trait Nic {
     fn rx_post(&mut self, area: AreaId, empty: &[IoRec]) -> Result<usize, Error>;
 
     /// Takes completed receive buffers, in order, into the front of `full`: the same tags
-    /// and offsets as posted, each extent's length set to the bytes received. `None` when
-    /// nothing completed.
+    /// as posted, each with one extent that is exactly the received frame. The frame lies
+    /// inside the posted extent, at its start or after a device header the driver keeps
+    /// there (e1000: at the posted offset; virtio-net: 12 bytes in, after the
+    /// `virtio_net_hdr`), so read the frame at the returned extent and recycle buffers by
+    /// tag. `None` when nothing completed.
     fn rx_poll(&mut self, full: &mut [IoRec]) -> Option<Batch>;
 
     /// Queues IOrecs of full buffers in `area` for transmission, each as one frame (its

@@ -1,77 +1,19 @@
 //! Issue 3's checks, run in the QEMU guest of `rbufnic-tests`: the e1000 driver owns QEMU's
 //! emulated NICs through VFIO behind the emulated Intel IOMMU, while the host traffic peer
 //! (QEMU's UDP socket netdev) sends and receives test frames. The guest side is the
-//! `e1000_smoke` example (built by `cargo test`); each test boots one guest.
+//! `nic_smoke` example (see `common`); each test boots one guest. `guest_virtio.rs` runs
+//! the same checks against virtio-net.
 
 use std::thread;
 use std::time::Duration;
 
 use rbufnic_tests::{
-    FrameGen, Guest, GuestOutput, HarnessError, MacAddr, Nic, ReceivePlan, SendPlan, UdpPeer,
-    host_path, nic_bdf,
+    FrameGen, Guest, HarnessError, MacAddr, Nic, ReceivePlan, SendPlan, UdpPeer, host_path, nic_bdf,
 };
 
-/// The peer's MAC address in every stream.
-const PEER_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+mod common;
 
-#[path = "../examples/e1000_smoke.rs"]
-#[allow(dead_code)]
-mod smoke;
-
-/// Environment variable carrying the arguments of [`guest_side`].
-const ARGS_VAR: &str = "E1000_SMOKE_ARGS";
-
-/// The guest side: this test binary, started in the guest, runs the `e1000_smoke` example
-/// with the arguments in `E1000_SMOKE_ARGS` and exits with its status.
-#[test]
-#[ignore = "runs inside the QEMU guest, started by the other tests"]
-fn guest_side() {
-    // libtest has printed "test guest_side ... " without a newline: end that line.
-    println!();
-    let args = std::env::var(ARGS_VAR).unwrap_or_default();
-    std::process::exit(smoke::run(
-        args.split_whitespace().map(String::from).collect(),
-    ));
-}
-
-/// A guest shell command running `e1000_smoke` with `args`.
-fn smoke_cmd(args: &str) -> String {
-    let exe = std::env::current_exe().expect("test executable path");
-    format!(
-        "{ARGS_VAR}='{args}' {} guest_side --exact --ignored --nocapture --test-threads 1",
-        host_path(&exe).display()
-    )
-}
-
-/// The value after `key ` on the first output line starting with it.
-fn field<'a>(out: &'a GuestOutput, key: &str) -> &'a str {
-    out.output
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {key:?} line in guest output:\n{}", out.output))
-}
-
-/// `name=value` pairs of the `stats` line.
-fn stat(out: &GuestOutput, name: &str) -> u64 {
-    field(out, "stats")
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no stat {name} in guest output:\n{}", out.output))
-}
-
-/// The number after `word` in `line`.
-fn number_after(line: &str, word: &str) -> u64 {
-    let mut it = line.split_whitespace();
-    it.find(|w| *w == word);
-    it.next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number after {word:?} in {line:?}"))
-}
-
-fn frames_bytes(stream: &FrameGen, count: u64) -> u64 {
-    (0..count).map(|s| stream.len_of(s) as u64).sum()
-}
+use common::{PEER_MAC, field, frames_bytes, interrupt_counts, number_after, smoke_cmd, stat};
 
 #[test]
 fn ten_thousand_frames_each_way_arrive_byte_exact_and_the_counters_agree()
@@ -227,12 +169,7 @@ fn interrupt_mode_receives_a_burst_without_busy_polling() -> Result<(), HarnessE
         out.output
     );
     assert!(irq_cpu * 3 < poll_cpu, "{}", out.output);
-    let interrupts: Vec<u64> = out
-        .output
-        .lines()
-        .filter(|l| l.starts_with("stats "))
-        .map(|l| number_after(&l.replace('=', " "), "interrupts"))
-        .collect();
+    let interrupts = interrupt_counts(&out);
     // ITR of 4 ms coalesces: fewer interrupts than frames, but some.
     assert!(interrupts[0] > 0 && interrupts[0] < N, "{}", out.output);
     assert_eq!(interrupts[1], 0, "{}", out.output);
@@ -397,7 +334,10 @@ fn bad_setups_get_one_clear_line_and_a_nonzero_exit() -> Result<(), HarnessError
     let script = [
         case("malformed", "--pci 00:3.0"),
         case("kernel-driver", &format!("--pci {}", nic_bdf(1))),
-        case("wrong-device", &format!("--pci {}", nic_bdf(2))),
+        case(
+            "wrong-device",
+            &format!("--driver e1000 --pci {}", nic_bdf(2)),
+        ),
         case("no-device", "--pci 0000:00:1e.5"),
         "mv /dev/vfio/vfio /dev/vfio/vfio.hidden".to_string(),
         case("no-vfio", &format!("--pci {}", nic_bdf(0))),

@@ -83,6 +83,9 @@ pub enum NicModel {
     E1000_82544GC,
     /// Modern-only virtio-net behind the IOMMU (`virtio-net-pci,disable-legacy=on,iommu_platform=on`).
     VirtioNet,
+    /// Modern-only virtio-net that bypasses the IOMMU (`virtio-net-pci,disable-legacy=on`,
+    /// no `VIRTIO_F_ACCESS_PLATFORM`): what a driver behind VFIO must refuse.
+    VirtioNetNoIommuPlatform,
 }
 
 impl NicModel {
@@ -93,6 +96,7 @@ impl NicModel {
             NicModel::E1000_82545EM => "e1000-82545em",
             NicModel::E1000_82544GC => "e1000-82544gc",
             NicModel::VirtioNet => "virtio-net-pci,disable-legacy=on,iommu_platform=on",
+            NicModel::VirtioNetNoIommuPlatform => "virtio-net-pci,disable-legacy=on",
         }
     }
 
@@ -102,14 +106,14 @@ impl NicModel {
             NicModel::E1000_82540EM => (0x8086, 0x100e),
             NicModel::E1000_82545EM => (0x8086, 0x100f),
             NicModel::E1000_82544GC => (0x8086, 0x100c),
-            NicModel::VirtioNet => (0x1af4, 0x1041),
+            NicModel::VirtioNet | NicModel::VirtioNetNoIommuPlatform => (0x1af4, 0x1041),
         }
     }
 
     /// The guest kernel's driver module for the model.
     pub fn kernel_driver(self) -> &'static str {
         match self {
-            NicModel::VirtioNet => "virtio_net",
+            NicModel::VirtioNet | NicModel::VirtioNetNoIommuPlatform => "virtio_net",
             _ => "e1000",
         }
     }
@@ -208,6 +212,12 @@ impl Nic {
     /// A modern virtio-net device with `iommu_platform=on`.
     pub fn virtio(mac: MacAddr, backend: Backend) -> Nic {
         Nic::new(NicModel::VirtioNet, mac, backend)
+    }
+
+    /// A modern virtio-net device without `iommu_platform=on` (it does not offer
+    /// `VIRTIO_F_ACCESS_PLATFORM`).
+    pub fn virtio_without_iommu_platform(mac: MacAddr, backend: Backend) -> Nic {
+        Nic::new(NicModel::VirtioNetNoIommuPlatform, mac, backend)
     }
 
     /// The same NIC, left to the guest kernel's driver instead of vfio-pci.

@@ -1,0 +1,137 @@
+//! Feature negotiation (2.2, 3.1.1 steps 4-5): which of the device's feature bits this
+//! driver accepts, and which it cannot do without.
+
+#![forbid(unsafe_code)]
+
+use super::regs::*;
+
+/// A feature bit the driver knows, with its specification name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// Bit number.
+    pub bit: u32,
+    /// Specification name.
+    pub name: &'static str,
+}
+
+impl Feature {
+    const fn new(bit: u32, name: &'static str) -> Feature {
+        Feature { bit, name }
+    }
+
+    /// The bit as a mask.
+    pub const fn mask(self) -> u64 {
+        1 << self.bit
+    }
+}
+
+/// Features without which the driver refuses the device, and why.
+pub const REQUIRED: [(Feature, &str); 2] = [
+    (
+        Feature::new(VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
+        "this driver speaks only the virtio 1.x interface",
+    ),
+    (
+        Feature::new(VIRTIO_F_ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM"),
+        "without it the device bypasses the IOMMU and would DMA to guest-physical addresses \
+         (QEMU: add iommu_platform=on to the -device)",
+    ),
+];
+
+/// Features the driver uses when offered.
+pub const WANTED: [Feature; 3] = [
+    Feature::new(VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
+    Feature::new(VIRTIO_NET_F_STATUS, "VIRTIO_NET_F_STATUS"),
+    Feature::new(VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"),
+];
+
+/// A required feature the device does not offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// The feature.
+    pub feature: Feature,
+    /// Why the driver needs it.
+    pub why: &'static str,
+}
+
+/// The features to write to `driver_feature`: every required one (or the first missing
+/// one as an error) plus the wanted ones the device offers. Nothing else, whatever the
+/// device offers: a bit accepted is a promise to handle it.
+pub fn negotiate(offered: u64) -> Result<u64, Missing> {
+    let mut accepted = 0;
+    for (feature, why) in REQUIRED {
+        if offered & feature.mask() == 0 {
+            return Err(Missing { feature, why });
+        }
+        accepted |= feature.mask();
+    }
+    for feature in WANTED {
+        accepted |= offered & feature.mask();
+    }
+    Ok(accepted)
+}
+
+/// Whether `features` has `bit`.
+pub fn has(features: u64, bit: u32) -> bool {
+    features & (1 << bit) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What QEMU 7.2's virtio-net-pci offers with `iommu_platform=on` (from its
+    /// `host_features` defaults: CSUM, GUEST_CSUM, GSO, MAC, MRG_RXBUF, STATUS, CTRL_VQ,
+    /// MQ, INDIRECT_DESC, EVENT_IDX, VERSION_1, ACCESS_PLATFORM, ...).
+    const QEMU: u64 = (1 << VIRTIO_NET_F_CSUM)
+        | (1 << VIRTIO_NET_F_GUEST_CSUM)
+        | (1 << VIRTIO_NET_F_MAC)
+        | (1 << VIRTIO_NET_F_MRG_RXBUF)
+        | (1 << VIRTIO_NET_F_STATUS)
+        | (1 << VIRTIO_NET_F_CTRL_VQ)
+        | (1 << VIRTIO_NET_F_MQ)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_F_ACCESS_PLATFORM)
+        | (1 << VIRTIO_F_RING_PACKED);
+
+    #[test]
+    fn accepts_exactly_what_it_handles() {
+        let got = negotiate(QEMU).unwrap();
+        assert_eq!(
+            got,
+            (1 << VIRTIO_NET_F_MAC)
+                | (1 << VIRTIO_NET_F_STATUS)
+                | (1 << VIRTIO_RING_F_EVENT_IDX)
+                | (1 << VIRTIO_F_VERSION_1)
+                | (1 << VIRTIO_F_ACCESS_PLATFORM)
+        );
+        // Offloads, mergeable buffers, the control queue and packed rings stay off.
+        for bit in [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_CTRL_VQ,
+            VIRTIO_NET_F_MQ,
+            VIRTIO_F_RING_PACKED,
+        ] {
+            assert!(!has(got, bit), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn wanted_features_are_optional() {
+        let bare = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ACCESS_PLATFORM);
+        assert_eq!(negotiate(bare).unwrap(), bare);
+    }
+
+    #[test]
+    fn no_access_platform_is_refused_with_the_reason() {
+        let err = negotiate(QEMU & !(1 << VIRTIO_F_ACCESS_PLATFORM)).unwrap_err();
+        assert_eq!(err.feature.name, "VIRTIO_F_ACCESS_PLATFORM");
+        assert_eq!(err.feature.bit, 33);
+        assert!(err.why.contains("iommu_platform=on"), "{}", err.why);
+        let err = negotiate(QEMU & !(1 << VIRTIO_F_VERSION_1)).unwrap_err();
+        assert_eq!(err.feature.name, "VIRTIO_F_VERSION_1");
+    }
+}
