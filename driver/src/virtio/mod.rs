@@ -38,8 +38,10 @@
 //!   the driver's own (frame bytes, no FCS), the error counters stay 0.
 //! - **No link speed.** Without `VIRTIO_NET_F_SPEED_DUPLEX` (not negotiated) the speed is
 //!   unknown: [`LinkStatus::speed_mbps`] is 0, full duplex when up.
-//! - **A DMA fault breaks the device.** If the IOMMU refuses a descriptor's address, QEMU
-//!   marks the device broken (`DEVICE_NEEDS_RESET`) and stops processing its queues.
+//! - **A refused DMA completes quietly.** When the IOMMU refuses a receive buffer's
+//!   address, QEMU writes the frame through a bounce buffer whose write-back the IOMMU
+//!   drops (the guest kernel logs the DMAR fault), and returns the buffer as if filled;
+//!   the device keeps working.
 
 #![forbid(unsafe_code)]
 
@@ -345,9 +347,8 @@ impl VirtioNet {
     /// Fault injection: posts one receive buffer at `iova` that no RX area backs, to
     /// check that the IOMMU refuses the device's write (the guest kernel logs a DMAR
     /// fault) and no memory changes. Refused if it would overlap memory the device may
-    /// legitimately write (its queues or an RX area). QEMU's device treats the refusal
-    /// as fatal (see the module notes): afterwards [`VirtioNet::device_status`] shows
-    /// `DEVICE_NEEDS_RESET`.
+    /// legitimately write (its queues or an RX area). The completion is consumed by
+    /// `rx_poll` and only counted ([`VirtioNet::raw_completions`]).
     pub fn inject_rx_buffer(&mut self, iova: Iova) -> Result<(), Error> {
         let len = u64::from(self.config.rx_buffer_bytes);
         let end = iova
