@@ -163,7 +163,9 @@ pub trait Nic {
     /// Free receive descriptors: how many IOrecs `rx_post` accepts now.
     fn rx_space(&self) -> usize;
 
-    /// Free transmit descriptors: an IOrec of `n` extents needs `n`.
+    /// Free transmit room, in extents: IOrecs whose extents add up to at most this many
+    /// are all accepted (e1000: one descriptor per extent; virtio-net: a header
+    /// descriptor more per frame, so half its free descriptors).
     fn tx_space(&self) -> usize;
 
     /// Posts empty buffers, one extent each, in `area`. Returns how many IOrecs from the
