@@ -1,17 +1,12 @@
 //! The command-line side of `rbufnic fwd` and `rbufnic list`: options, Ctrl-C, printing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use clap::Args;
-use driver::MacAddr;
 use driver::pci::SysPaths;
 use rbufnic::fwd::{self, Event, FwdOptions, Snapshot, StopReason, Summary};
 use rbufnic::list;
 
-/// Raised by the Ctrl-C handler; the forwarding loop checks it every round.
-static STOP: AtomicBool = AtomicBool::new(false);
+use crate::cli::{STOP, parse_mac, seconds, stop_on_ctrl_c};
 
 /// Options of `rbufnic fwd`.
 #[derive(Args, Clone, Debug)]
@@ -42,30 +37,6 @@ pub struct FwdArgs {
     /// Seconds between statistics lines on stderr (fractions allowed).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     stats_interval: f64,
-}
-
-fn parse_mac(s: &str) -> anyhow::Result<MacAddr> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        bail!("bad MAC address {s:?} (expected six hex bytes like 02:00:00:00:00:01)");
-    }
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16)
-            .ok()
-            .filter(|_| p.len() == 2)
-            .with_context(|| {
-                format!("bad MAC address {s:?} (expected six hex bytes like 02:00:00:00:00:01)")
-            })?;
-    }
-    Ok(MacAddr(mac))
-}
-
-fn seconds(what: &str, secs: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("{what} must be a positive number of seconds, not {secs}"))
 }
 
 impl FwdArgs {
@@ -175,8 +146,7 @@ fn print_summary(pci: [&str; 2], s: &Summary) {
 /// `rbufnic fwd PCI_A PCI_B`.
 pub fn fwd(args: &FwdArgs) -> anyhow::Result<()> {
     let opts = args.options()?;
-    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
-        .context("installing the Ctrl-C handler")?;
+    stop_on_ctrl_c()?;
     let pci = [args.pci_a.as_str(), args.pci_b.as_str()];
     let mut last = Snapshot::default();
     let summary = fwd::run_e1000(pci, &opts, &STOP, &mut |event| match event {
@@ -239,26 +209,4 @@ pub fn list() -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_parse_and_bad_ones_are_refused() {
-        assert_eq!(
-            parse_mac("02:00:00:0a:0B:ff").unwrap(),
-            MacAddr([2, 0, 0, 0x0a, 0x0b, 0xff])
-        );
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:00:00",
-            "2:0:0:0:0:1",
-            "zz:00:00:00:00:00",
-        ] {
-            assert!(parse_mac(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -2,5 +2,8 @@
 //! them.
 
 pub mod bench;
+pub mod bind;
+pub mod capture;
 pub mod fwd;
 pub mod list;
+pub mod pktgen;

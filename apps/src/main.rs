@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use rbufnic::bench::ipc::{self, IpcParams, IpcReport};
 
+mod cli;
+mod cmd_bind;
+mod cmd_capture;
 mod cmd_fwd;
+mod cmd_pktgen;
 
 #[derive(Parser)]
 #[command(name = "rbufnic", version, about = "Userspace NIC stack on Rbuf channels", long_about = None)]
@@ -23,6 +27,27 @@ enum Command {
     Fwd(cmd_fwd::FwdArgs),
     /// List the PCI network devices: driver binding, IOMMU group and VFIO viability.
     List,
+    /// Move a PCI network device to vfio-pci (sysfs driver_override), so rbufnic can
+    /// drive it. Refuses devices that are not network controllers and devices whose kernel
+    /// interface is up (it may carry this machine's own network). Needs root.
+    Bind {
+        /// PCI address, e.g. 0000:00:03.0.
+        #[arg(value_name = "PCI")]
+        pci: String,
+    },
+    /// Give a PCI network device back from vfio-pci to its kernel driver. Needs root.
+    Unbind {
+        /// PCI address, e.g. 0000:00:03.0.
+        #[arg(value_name = "PCI")]
+        pci: String,
+    },
+    /// Generate probe frames (Ethernet/IPv4/UDP with sequence numbers and send times) at a
+    /// rate or as fast as possible, and count those that come back: loss, reordering,
+    /// duplicates, corruption, latency percentiles. Statistics every second on stderr, a
+    /// summary on stdout.
+    Pktgen(cmd_pktgen::PktgenArgs),
+    /// Write the frames a port receives to a pcap file (tcpdump and tshark read it).
+    Capture(cmd_capture::CaptureArgs),
     /// Benchmarks that compare rbuf against peers measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
@@ -161,6 +186,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fwd(args) => cmd_fwd::fwd(&args),
         Command::List => cmd_fwd::list(),
+        Command::Bind { pci } => cmd_bind::bind(&pci),
+        Command::Unbind { pci } => cmd_bind::unbind(&pci),
+        Command::Pktgen(args) => cmd_pktgen::pktgen(&args),
+        Command::Capture(args) => cmd_capture::capture(&args),
         Command::Bench(Bench::Ipc {
             params,
             cpus,
