@@ -9,7 +9,12 @@
 //! nic_smoke --pci 0000:00:03.0 [--driver any|e1000|virtio-net] [--rx N] [--tx N]
 //!           [--seed S] [--peer-mac MAC] [--min-len L] [--max-len L] [--extents K]
 //!           [--interrupts] [--itr-us U] [--timeout-ms T] [--fault unmapped|tx-area]
+//!           [--other-mac MAC]
 //! ```
+//!
+//! With `--other-mac`, the receive phase checks the NIC's filter: promiscuous mode off,
+//! the `--rx` frames for this NIC must arrive and frames for `MAC` sent before them must
+//! not; then promiscuous mode on, and `--rx` frames for `MAC` (seed + 1) must arrive.
 //!
 //! Output is one `key value...` line per fact (`mac`, `link`, `rx-ready`, `rx`, `tx`,
 //! `stats`, ...). Any failure prints one `error: ...` line to stderr and exits 1.
@@ -105,6 +110,7 @@ struct Opts {
     timeout: Duration,
     fault: Option<String>,
     itr_us: u64,
+    other_mac: Option<[u8; 6]>,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -134,6 +140,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         timeout: Duration::from_secs(120),
         fault: None,
         itr_us: 0,
+        other_mac: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -162,6 +169,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--timeout-ms" => o.timeout = Duration::from_millis(num(value)?),
             "--fault" => o.fault = Some(value.to_string()),
             "--itr-us" => o.itr_us = num(value)?,
+            "--other-mac" => o.other_mac = Some(parse_mac(value)?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -264,9 +272,18 @@ fn smoke(args: &[String]) -> Result<(), String> {
             &mut nic, &rx_area, &tx_area, rx, tx, kind, &frames, o.timeout,
         );
     }
+    let mut free: Vec<IoRec> = (0..RX_BUFFERS).rev().map(buffer).collect();
     if o.rx > 0 {
+        if o.other_mac.is_some() {
+            nic.set_promiscuous(false);
+        }
         let frames = len_range(FrameGen::new(o.seed, us, peer))?;
-        receive(&mut nic, &rx_area, rx, &frames, o.rx, o.timeout)?;
+        receive(&mut nic, &rx_area, rx, &frames, o.rx, o.timeout, &mut free)?;
+    }
+    if let Some(other) = o.other_mac {
+        nic.set_promiscuous(true);
+        let frames = len_range(FrameGen::new(o.seed + 1, TestMac(other), peer))?;
+        receive(&mut nic, &rx_area, rx, &frames, o.rx, o.timeout, &mut free)?;
     }
     if o.tx > 0 {
         let frames = len_range(FrameGen::new(o.seed, peer, us))?;
@@ -332,9 +349,9 @@ fn receive(
     frames: &FrameGen,
     count: u64,
     timeout: Duration,
+    free: &mut Vec<IoRec>,
 ) -> Result<(), String> {
-    let mut free: Vec<IoRec> = (0..RX_BUFFERS).rev().map(buffer).collect();
-    refill(nic, rx, &mut free)?;
+    refill(nic, rx, free)?;
     let cpu0 = cpu_ms();
     let t0 = Instant::now();
     say(format_args!("rx-ready {count} seed {}", frames.seed()));
@@ -378,7 +395,7 @@ fn receive(
             bytes += len as u64;
             free.push(buffer(rec.tag() as u32));
         }
-        refill(nic, rx, &mut free)?;
+        refill(nic, rx, free)?;
     }
     let (wall_ms, cpu_used_ms) = (t0.elapsed().as_millis(), cpu_ms() - cpu0);
     let mut start = 0;

@@ -511,3 +511,8 @@ fn intx_and_msix_reach_their_eventfds_through_vfio() -> Result<(), HarnessError>
     assert_eq!(field(&out, "config-beyond-end"), "true");
     Ok(())
 }
+
+#[test]
+fn promiscuous_mode_filters_frames_for_other_addresses() -> Result<(), HarnessError> {
+    common::check_promiscuous_mode(Nic::e1000, MacAddr::qemu(0x25), 80)
+}

@@ -312,3 +312,8 @@ fn virtio_without_access_platform_is_refused_and_any_nic_picks_the_driver()
     );
     Ok(())
 }
+
+#[test]
+fn virtio_promiscuous_mode_is_set_through_the_control_queue() -> Result<(), HarnessError> {
+    common::check_promiscuous_mode(Nic::virtio, MacAddr::qemu(0x68), 70)
+}

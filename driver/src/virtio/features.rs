@@ -39,10 +39,12 @@ pub const REQUIRED: [(Feature, &str); 2] = [
 ];
 
 /// Features the driver uses when offered.
-pub const WANTED: [Feature; 3] = [
+pub const WANTED: [Feature; 5] = [
     Feature::new(VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
     Feature::new(VIRTIO_NET_F_STATUS, "VIRTIO_NET_F_STATUS"),
     Feature::new(VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"),
+    Feature::new(VIRTIO_NET_F_CTRL_VQ, "VIRTIO_NET_F_CTRL_VQ"),
+    Feature::new(VIRTIO_NET_F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX"),
 ];
 
 /// A required feature the device does not offer.
@@ -68,6 +70,12 @@ pub fn negotiate(offered: u64) -> Result<u64, Missing> {
     for feature in WANTED {
         accepted |= offered & feature.mask();
     }
+    // 5.1.3.1: CTRL_RX depends on CTRL_VQ; the queue alone is of no use to this driver.
+    if !has(accepted, VIRTIO_NET_F_CTRL_RX) {
+        accepted &= !(1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_CTRL_RX);
+    } else if !has(accepted, VIRTIO_NET_F_CTRL_VQ) {
+        accepted &= !(1 << VIRTIO_NET_F_CTRL_RX);
+    }
     Ok(accepted)
 }
 
@@ -82,13 +90,14 @@ mod tests {
 
     /// What QEMU 7.2's virtio-net-pci offers with `iommu_platform=on` (from its
     /// `host_features` defaults: CSUM, GUEST_CSUM, GSO, MAC, MRG_RXBUF, STATUS, CTRL_VQ,
-    /// MQ, INDIRECT_DESC, EVENT_IDX, VERSION_1, ACCESS_PLATFORM, ...).
+    /// CTRL_RX, MQ, INDIRECT_DESC, EVENT_IDX, VERSION_1, ACCESS_PLATFORM, ...).
     const QEMU: u64 = (1 << VIRTIO_NET_F_CSUM)
         | (1 << VIRTIO_NET_F_GUEST_CSUM)
         | (1 << VIRTIO_NET_F_MAC)
         | (1 << VIRTIO_NET_F_MRG_RXBUF)
         | (1 << VIRTIO_NET_F_STATUS)
         | (1 << VIRTIO_NET_F_CTRL_VQ)
+        | (1 << VIRTIO_NET_F_CTRL_RX)
         | (1 << VIRTIO_NET_F_MQ)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -104,14 +113,15 @@ mod tests {
             (1 << VIRTIO_NET_F_MAC)
                 | (1 << VIRTIO_NET_F_STATUS)
                 | (1 << VIRTIO_RING_F_EVENT_IDX)
+                | (1 << VIRTIO_NET_F_CTRL_VQ)
+                | (1 << VIRTIO_NET_F_CTRL_RX)
                 | (1 << VIRTIO_F_VERSION_1)
                 | (1 << VIRTIO_F_ACCESS_PLATFORM)
         );
-        // Offloads, mergeable buffers, the control queue and packed rings stay off.
+        // Offloads, mergeable buffers, multiqueue and packed rings stay off.
         for bit in [
             VIRTIO_NET_F_CSUM,
             VIRTIO_NET_F_MRG_RXBUF,
-            VIRTIO_NET_F_CTRL_VQ,
             VIRTIO_NET_F_MQ,
             VIRTIO_F_RING_PACKED,
         ] {
@@ -123,6 +133,18 @@ mod tests {
     fn wanted_features_are_optional() {
         let bare = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ACCESS_PLATFORM);
         assert_eq!(negotiate(bare).unwrap(), bare);
+    }
+
+    #[test]
+    fn the_control_queue_comes_only_with_rx_mode_commands() {
+        let base = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_ACCESS_PLATFORM);
+        let vq = 1 << VIRTIO_NET_F_CTRL_VQ;
+        let rx = 1 << VIRTIO_NET_F_CTRL_RX;
+        assert_eq!(negotiate(base | vq | rx).unwrap(), base | vq | rx);
+        // A queue without RX mode commands is of no use; RX mode without the queue is
+        // not allowed (5.1.3.1).
+        assert_eq!(negotiate(base | vq).unwrap(), base);
+        assert_eq!(negotiate(base | rx).unwrap(), base);
     }
 
     #[test]

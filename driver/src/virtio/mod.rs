@@ -30,10 +30,11 @@
 //!
 //! # Quirks of QEMU's model (hw/net/virtio-net.c, hw/virtio/virtio-pci.c)
 //!
-//! - **Promiscuous by default.** Without the control queue (`VIRTIO_NET_F_CTRL_VQ`, not
-//!   negotiated) QEMU's device receives every frame (it resets `promisc = 1`), so
-//!   [`Nic::set_promiscuous`] and [`Nic::set_all_multicast`] cannot narrow reception; they
-//!   are recorded and logged.
+//! - **Promiscuous after reset.** QEMU's device resets to `promisc = 1` and receives
+//!   every frame. With the control queue (`VIRTIO_NET_F_CTRL_VQ` and `VIRTIO_NET_F_CTRL_RX`)
+//!   the driver sets both receive modes from [`Config`] at bring-up and on
+//!   [`Nic::set_promiscuous`] / [`Nic::set_all_multicast`]; a device without it cannot
+//!   narrow reception, and the calls are only logged.
 //! - **No counters.** The device has no statistics: [`Stats`]' packet and byte counts are
 //!   the driver's own (frame bytes, no FCS), the error counters stay 0.
 //! - **No link speed.** Without `VIRTIO_NET_F_SPEED_DUPLEX` (not negotiated) the speed is
@@ -53,7 +54,8 @@ pub mod transport;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use rbuf::{DataArea, Extent, IoRec};
 
@@ -98,6 +100,11 @@ pub struct Config {
     pub rx_buffer_bytes: u32,
     /// Use an MSI-X interrupt ([`Nic::wait`], [`Nic::event_fd`]); otherwise poll.
     pub interrupts: bool,
+    /// Start in promiscuous mode (needs the control queue; QEMU's device without one
+    /// always is).
+    pub promiscuous: bool,
+    /// Start accepting all multicast frames (needs the control queue).
+    pub all_multicast: bool,
 }
 
 impl Default for Config {
@@ -107,6 +114,8 @@ impl Default for Config {
             tx_queue_size: 256,
             rx_buffer_bytes: 2048,
             interrupts: false,
+            promiscuous: false,
+            all_multicast: false,
         }
     }
 }
@@ -182,11 +191,27 @@ struct Queue<S> {
     slots: Vec<Option<S>>,
 }
 
+/// The control queue (5.1.6.5) and its two buffers: the command (device-read-only) and
+/// the acknowledgement byte (device-writable).
+struct Control {
+    vq: Virtqueue,
+    notify_offset: u32,
+    // Mappings before memory: unmapped first.
+    command_mapping: DmaMapping,
+    ack_mapping: DmaMapping,
+    command: DmaMemory,
+    ack: DmaMemory,
+}
+
+/// How long a control command may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A virtio-net NIC: queues, registered areas, counters.
 pub struct VirtioNet {
     transport: Transport,
     rx: Queue<RxSlot>,
     tx: Queue<TxSlot>,
+    control: Option<Control>,
     /// IOVA of the zeroed transmit header (device-read-only).
     tx_header: Iova,
     areas: Vec<Option<Area>>,
@@ -244,7 +269,12 @@ impl VirtioNet {
         device.config_write_u16(config::COMMAND, cmd)?;
         let transport = Transport::new(&device, caps)?;
         match bring_up(&transport, &device, config) {
-            Ok(parts) => Ok(VirtioNet::assemble(transport, device, config, parts)),
+            Ok(parts) => {
+                let mut nic = VirtioNet::assemble(transport, device, config, parts);
+                // Dropping `nic` on error resets the device.
+                nic.apply_rx_mode()?;
+                Ok(nic)
+            }
             Err(err) => {
                 // 3.1.1 step 8 / 2.1.2: give up on the device, visibly to it. The BAR
                 // mappings go before the device: they hold its file open, and VFIO
@@ -268,6 +298,7 @@ impl VirtioNet {
             },
             rx: p.rx,
             tx: p.tx,
+            control: p.control,
             areas: Vec::new(),
             iommu: device.iommu(),
             addr: device.address(),
@@ -301,6 +332,103 @@ impl VirtioNet {
             }
         );
         nic
+    }
+
+    /// Sets promiscuous and all-multicast mode as [`Config`] says, through the control
+    /// queue (a no-op without one).
+    fn apply_rx_mode(&mut self) -> Result<(), Error> {
+        if self.control.is_none() {
+            log::info!(
+                "{}: no control queue: the device decides the receive filter (QEMU's: all frames)",
+                self.addr
+            );
+            return Ok(());
+        }
+        self.control_rx(VIRTIO_NET_CTRL_RX_PROMISC, self.config.promiscuous)?;
+        self.control_rx(VIRTIO_NET_CTRL_RX_ALLMULTI, self.config.all_multicast)
+    }
+
+    /// Sends a `VIRTIO_NET_CTRL_RX` command with a 1-byte on/off argument and waits for the
+    /// device's acknowledgement (5.1.6.5.1).
+    fn control_rx(&mut self, command: u8, on: bool) -> Result<(), Error> {
+        let addr = self.addr;
+        let Some(c) = self.control.as_mut() else {
+            return Err(Error::Virtio {
+                addr,
+                what: "has no control queue",
+                value: u64::from(command),
+            });
+        };
+        if c.vq.in_flight() > 0 {
+            return Err(Error::Virtio {
+                addr,
+                what: "still holds an earlier control command",
+                value: u64::from(c.vq.in_flight()),
+            });
+        }
+        // class, command, data: three bytes the device reads; then one it writes.
+        let bytes = u32::from(VIRTIO_NET_CTRL_RX) | u32::from(command) << 8 | u32::from(on) << 16;
+        c.command.store_u32(0, bytes, Ordering::Relaxed);
+        c.ack.store_u16(0, 0xff, Ordering::Relaxed);
+        let chain = [
+            Buf {
+                iova: c.command_mapping.iova().0,
+                len: 3,
+                device_writes: false,
+            },
+            Buf {
+                iova: c.ack_mapping.iova().0,
+                len: 1,
+                device_writes: true,
+            },
+        ];
+        let head = c.vq.add(&chain).ok_or(Error::Virtio {
+            addr,
+            what: "control queue full",
+            value: 0,
+        })?;
+        if c.vq.publish() {
+            self.transport.notify(c.notify_offset, CONTROLQ);
+        }
+        let start = Instant::now();
+        let used = loop {
+            match c.vq.peek_used() {
+                Ok(Some(u)) if u.id == head => break u,
+                Ok(Some(u)) => {
+                    return Err(Error::Virtio {
+                        addr,
+                        what: "returned an unknown control command",
+                        value: u64::from(u.id),
+                    });
+                }
+                Ok(None) if start.elapsed() < CONTROL_TIMEOUT => std::thread::yield_now(),
+                Ok(None) => {
+                    return Err(Error::Timeout {
+                        what: "virtio-net control command",
+                        waited_ms: CONTROL_TIMEOUT.as_millis() as u64,
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::Virtio {
+                        addr,
+                        what: "wrote a bad control queue entry",
+                        value: u64::from(e.id),
+                    });
+                }
+            }
+        };
+        c.vq.pop_used(used);
+        // The Acquire load of `used.idx` in `peek_used` ordered this read after the write.
+        let ack = c.ack.load_u16(0, Ordering::Acquire) as u8;
+        if ack != VIRTIO_NET_OK {
+            return Err(Error::Virtio {
+                addr,
+                what: "refused a receive mode command (VIRTIO_NET_ERR)",
+                value: u64::from(command) << 8 | u64::from(ack),
+            });
+        }
+        log::debug!("{addr}: receive mode command {command} = {on} acknowledged");
+        Ok(())
     }
 
     /// The VFIO device.
@@ -480,6 +608,7 @@ struct Parts {
     irq: Option<Interrupt>,
     rx: Queue<RxSlot>,
     tx: Queue<TxSlot>,
+    control: Option<Control>,
     header_mapping: DmaMapping,
     header_memory: DmaMemory,
     mac: MacAddr,
@@ -519,12 +648,10 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
     device.set_bus_master(true)?;
 
     // 7. Device-specific setup: interrupts, then the queues.
+    let has_control = features::has(features, VIRTIO_NET_F_CTRL_VQ);
     let num_queues = t.read16(NUM_QUEUES);
-    if num_queues < 2 {
-        return Err(refused(
-            "has fewer than 2 virtqueues",
-            u64::from(num_queues),
-        ));
+    if num_queues < 2 + u16::from(has_control) {
+        return Err(refused("has too few virtqueues", u64::from(num_queues)));
     }
     let (irq, vector) = if config.interrupts {
         let irq = device.enable_msix(1)?.pop();
@@ -562,6 +689,30 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         vector,
         event_idx,
     )?;
+    let control = if has_control {
+        // Polled: no interrupt vector. Eight entries: one command of two buffers at a time.
+        let q: Queue<()> = setup_queue(
+            t,
+            &iommu,
+            addr,
+            CONTROLQ,
+            queue::MIN_QUEUE,
+            VIRTIO_MSI_NO_VECTOR,
+            event_idx,
+        )?;
+        let command = DmaMemory::new(c"virtio-net-ctrl-cmd", 4096)?;
+        let ack = DmaMemory::new(c"virtio-net-ctrl-ack", 4096)?;
+        Some(Control {
+            vq: q.vq,
+            notify_offset: q.notify_offset,
+            command_mapping: DmaMapping::of_memory_with(&iommu, &command, DmaAccess::DeviceReads)?,
+            ack_mapping: DmaMapping::of_memory(&iommu, &ack)?,
+            command,
+            ack,
+        })
+    } else {
+        None
+    };
     // The transmit header: all zero (no checksum, no GSO), read-only to the device.
     let header_memory = DmaMemory::new(c"virtio-net-tx-hdr", 4096)?;
     let header_mapping =
@@ -598,6 +749,7 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         irq,
         rx,
         tx,
+        control,
         header_mapping,
         header_memory,
         mac,
@@ -640,10 +792,10 @@ fn setup_queue<S: Copy>(
     if size != wanted {
         log::info!("{addr}: queue {index}: {size} entries (asked {wanted}, device maximum {max})");
     }
-    let name = if index == RECEIVEQ1 {
-        c"virtio-net-rx-queue"
-    } else {
-        c"virtio-net-tx-queue"
+    let name = match index {
+        RECEIVEQ1 => c"virtio-net-rx-queue",
+        TRANSMITQ1 => c"virtio-net-tx-queue",
+        _ => c"virtio-net-ctrl-queue",
     };
     let vq = Virtqueue::new(iommu, name, size, event_idx)?;
     t.write16(QUEUE_SIZE, size);
@@ -699,17 +851,27 @@ impl Nic for VirtioNet {
     }
 
     fn set_promiscuous(&mut self, on: bool) {
-        log::info!(
-            "{}: promiscuous {on} requested; without a control queue the device receives every frame",
-            self.addr
-        );
+        self.config.promiscuous = on;
+        if self.control.is_none() {
+            log::warn!(
+                "{}: promiscuous {on}: no control queue, the device keeps its own filter",
+                self.addr
+            );
+        } else if let Err(e) = self.control_rx(VIRTIO_NET_CTRL_RX_PROMISC, on) {
+            log::error!("{}: promiscuous {on}: {e}", self.addr);
+        }
     }
 
     fn set_all_multicast(&mut self, on: bool) {
-        log::info!(
-            "{}: all-multicast {on} requested; without a control queue the device receives every frame",
-            self.addr
-        );
+        self.config.all_multicast = on;
+        if self.control.is_none() {
+            log::warn!(
+                "{}: all-multicast {on}: no control queue, the device keeps its own filter",
+                self.addr
+            );
+        } else if let Err(e) = self.control_rx(VIRTIO_NET_CTRL_RX_ALLMULTI, on) {
+            log::error!("{}: all-multicast {on}: {e}", self.addr);
+        }
     }
 
     fn add_rx_area(&mut self, area: &DataArea) -> Result<AreaId, Error> {

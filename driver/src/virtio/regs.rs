@@ -114,6 +114,8 @@ pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
 /// Control channel is available.
 pub const VIRTIO_NET_F_CTRL_VQ: u32 = 17;
+/// Control channel RX mode support (promiscuous, all-multicast).
+pub const VIRTIO_NET_F_CTRL_RX: u32 = 18;
 /// Device supports multiqueue with automatic receive steering.
 pub const VIRTIO_NET_F_MQ: u32 = 22;
 /// Driver can use indirect descriptors.
@@ -150,6 +152,21 @@ pub const MIN_RX_BUFFER_BYTES: u32 = 1526;
 pub const RECEIVEQ1: u16 = 0;
 /// Virtqueue index of transmitq1.
 pub const TRANSMITQ1: u16 = 1;
+/// Virtqueue index of controlq with one queue pair (2 * max_virtqueue_pairs).
+pub const CONTROLQ: u16 = 2;
+
+// 5.1.6.5 Control Virtqueue: `struct virtio_net_ctrl` { class, command, data..., ack }.
+
+/// Class of receive-filter commands.
+pub const VIRTIO_NET_CTRL_RX: u8 = 0;
+/// VIRTIO_NET_CTRL_RX command: promiscuous mode on (data 1) or off (data 0).
+pub const VIRTIO_NET_CTRL_RX_PROMISC: u8 = 0;
+/// VIRTIO_NET_CTRL_RX command: all-multicast on (data 1) or off (data 0).
+pub const VIRTIO_NET_CTRL_RX_ALLMULTI: u8 = 1;
+/// `ack`: the command succeeded.
+pub const VIRTIO_NET_OK: u8 = 0;
+/// `ack`: the command failed.
+pub const VIRTIO_NET_ERR: u8 = 1;
 
 // 2.7.5 The Virtqueue Descriptor Table: `struct virtq_desc` flags.
 
