@@ -57,10 +57,26 @@ fn sink(peer: &UdpPeer, count: u64, timeout: Duration) -> Result<Sink, HarnessEr
     Ok(s)
 }
 
+/// The wire between the generator's two ports: frames from `from` go out on `to`, until
+/// `count` went or `timeout` passed. Returns how many.
+fn relay(from: &UdpPeer, to: &UdpPeer, count: u64, timeout: Duration) -> Result<u64, HarnessError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 2048];
+    let mut n = 0;
+    while n < count && Instant::now() < deadline {
+        if let Some(len) = from.recv_frame(&mut buf, Duration::from_millis(200))? {
+            to.send_frame(&buf[..len])?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[test]
 fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
     const PROBES: u64 = 3_000;
     const CAPTURED: u64 = 2_000;
+    const LOOPED: u64 = 2_000;
     let (peer_a, backend_a) = UdpPeer::for_qemu()?;
     let (peer_b, backend_b) = UdpPeer::for_qemu()?;
     let (_peer_c, backend_c) = UdpPeer::for_qemu()?;
@@ -77,6 +93,7 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
          echo \"if-after-unbind $(ls /sys/bus/pci/devices/$K/net)\"
          $R bind $K >/dev/null && $R bind $K; echo \"exit-bind-again $?\"
          $R pktgen {a} --tx-only --count {PROBES} --rate 2000 --size 300 --flows 4; echo \"exit-pktgen $?\"
+         $R pktgen {a} --rx {b} --count {LOOPED} --rate 1000 --size 128 --linger 2; echo \"exit-pktgen-rx $?\"
          $R capture {b} --out /tmp/cap.pcap --count {CAPTURED} --duration 90; echo \"exit-capture $?\"
          echo \"tshark-count $(tshark -r /tmp/cap.pcap 2>/dev/null | wc -l)\"
          echo \"tcpdump-count $(tcpdump -nn -r /tmp/cap.pcap 2>/dev/null | grep -vc '^[[:space:]]')\"
@@ -93,6 +110,8 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
         .spawn(&script)?;
     guest.wait_for_line("pktgen ready", Duration::from_secs(180))?;
     let probes = sink(&peer_a, PROBES, Duration::from_secs(60))?;
+    guest.wait_for_line("receiving on", Duration::from_secs(60))?;
+    let relayed = relay(&peer_a, &peer_b, LOOPED, Duration::from_secs(60))?;
     guest.wait_for_line("capture ready", Duration::from_secs(60))?;
     let stream = FrameGen::new(7, MacAddr::qemu(0x62), MacAddr([2, 0, 0, 0, 0, 9]))
         .with_len_range(60, 1514)
@@ -146,6 +165,41 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
     assert_eq!((probes.frames, probes.bad), (PROBES, 0));
     assert_eq!(probes.flows, (0..4).collect());
     assert_eq!(probes.sizes, [300].into());
+
+    // pktgen receiving on a second port: all back, in order, with latencies.
+    assert_eq!(relayed, LOOPED);
+    assert!(o.contains("exit-pktgen-rx 0"), "{o}");
+    let summary = o
+        .lines()
+        .filter(|l| l.starts_with("summary sent="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second pktgen summary in:\n{o}"));
+    let field = |k: &str| -> u64 {
+        summary
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {summary}"))
+    };
+    assert_eq!(
+        [
+            field("sent"),
+            field("received"),
+            field("lost"),
+            field("reordered")
+        ],
+        [LOOPED, LOOPED, 0, 0],
+        "{summary}"
+    );
+    assert_eq!(
+        [field("duplicates"), field("corrupt"), field("other")],
+        [0, 0, 0],
+        "{summary}"
+    );
+    assert!(
+        field("p50_ns") > 0 && field("p99_ns") >= field("p50_ns"),
+        "{summary}"
+    );
 
     // capture: the host's frames, counted by tshark and tcpdump, bytes matching.
     assert_eq!(sent.sent, CAPTURED);
