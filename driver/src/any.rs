@@ -147,7 +147,9 @@ impl AnyNic {
     pub fn is_qemu(&self) -> bool {
         match self {
             AnyNic::E1000(n) => n.identity().qemu,
-            AnyNic::VirtioNet(n) => n.device().subsystem_vendor() == QEMU_SUBSYSTEM_VENDOR,
+            AnyNic::VirtioNet(n) => n
+                .device()
+                .is_some_and(|d| d.subsystem_vendor() == QEMU_SUBSYSTEM_VENDOR),
         }
     }
 

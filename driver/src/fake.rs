@@ -1,4 +1,4 @@
-//! A fake 8254x and a fake IOMMU, so ring logic and the `Nic` contract are tested without
+//! A fake 8254x, a fake virtio-net ([`virtio`]) and a fake IOMMU, so ring logic and the `Nic` contract are tested without
 //! hardware (STYLE rule 11). Built for unit tests and with the `fake` feature (for the
 //! tests of layers above, e.g. rbuf-channel glue).
 //!
@@ -11,6 +11,8 @@
 //!
 //! `unsafe` here is the emulated DMA itself: copies to and from process memory the
 //! IOMMU table says is mapped. Its soundness rests on [`FakeIommu::new`]'s contract.
+
+pub mod virtio;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -31,6 +31,8 @@ mod port_tests;
 pub mod vfio;
 pub mod virtio;
 #[cfg(test)]
+mod virtio_nic_tests;
+#[cfg(test)]
 mod virtio_tests;
 
 pub use any::{AnyConfig, AnyNic, DriverKind};

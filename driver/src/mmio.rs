@@ -24,6 +24,21 @@ pub trait Regs {
     fn write32(&self, offset: u32, value: u32);
 }
 
+/// 8-, 16- and 32-bit access to a register window of known size (virtio's structures
+/// mix field widths, each accessed with its own). Implemented by [`Bar`] and by fakes.
+pub trait Window: Regs + Send {
+    /// Size of the window in bytes.
+    fn window_bytes(&self) -> u64;
+    /// Reads the 8-bit register at `offset`.
+    fn read8(&self, offset: u32) -> u8;
+    /// Reads the 16-bit register at `offset` (2-byte aligned).
+    fn read16(&self, offset: u32) -> u16;
+    /// Writes the 8-bit register at `offset`.
+    fn write8(&self, offset: u32, value: u8);
+    /// Writes the 16-bit register at `offset` (2-byte aligned).
+    fn write16(&self, offset: u32, value: u16);
+}
+
 enum Access {
     Mapped(NonNull<u8>),
     File { fd: OwnedFd, base: u64 },
@@ -280,6 +295,28 @@ impl Regs for Bar {
                 }
             }
         }
+    }
+}
+
+impl Window for Bar {
+    fn window_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read8(&self, offset: u32) -> u8 {
+        Bar::read8(self, offset)
+    }
+
+    fn read16(&self, offset: u32) -> u16 {
+        Bar::read16(self, offset)
+    }
+
+    fn write8(&self, offset: u32, value: u8) {
+        Bar::write8(self, offset, value)
+    }
+
+    fn write16(&self, offset: u32, value: u16) {
+        Bar::write16(self, offset, value)
     }
 }
 

@@ -231,7 +231,7 @@ pub struct VirtioNet {
     _tx_header_mapping: DmaMapping,
     _tx_header_memory: DmaMemory,
     // Last: the device (and its IOMMU group) goes after every mapping above.
-    device: Device,
+    device: Option<Device>,
 }
 
 impl VirtioNet {
@@ -268,9 +268,38 @@ impl VirtioNet {
         }
         device.config_write_u16(config::COMMAND, cmd)?;
         let transport = Transport::new(&device, caps)?;
-        match bring_up(&transport, &device, config) {
+        let id = device.id();
+        VirtioNet::build(transport, device.iommu(), id, config, Some(device), None)
+    }
+
+    /// Brings up a virtio-net device reached through `transport`, whose DMA goes through
+    /// `iommu` (used with a fake device in tests; [`VirtioNet::open`] for real ones).
+    /// `irq` is the interrupt for interrupt mode, if `config.interrupts`.
+    pub fn with_transport(
+        transport: Transport,
+        iommu: Arc<dyn Iommu>,
+        id: PciId,
+        config: &Config,
+        irq: Option<Interrupt>,
+    ) -> Result<VirtioNet, Error> {
+        config_check(config)?;
+        if config.interrupts && irq.is_none() {
+            return Err(Error::NoInterrupts);
+        }
+        VirtioNet::build(transport, iommu, id, config, None, irq)
+    }
+
+    fn build(
+        transport: Transport,
+        iommu: Arc<dyn Iommu>,
+        id: PciId,
+        config: &Config,
+        device: Option<Device>,
+        irq: Option<Interrupt>,
+    ) -> Result<VirtioNet, Error> {
+        match bring_up(&transport, device.as_ref(), &iommu, config, irq) {
             Ok(parts) => {
-                let mut nic = VirtioNet::assemble(transport, device, config, parts);
+                let mut nic = VirtioNet::assemble(transport, iommu, id, device, config, parts);
                 // Dropping `nic` on error resets the device.
                 nic.apply_rx_mode()?;
                 Ok(nic)
@@ -287,7 +316,15 @@ impl VirtioNet {
         }
     }
 
-    fn assemble(transport: Transport, device: Device, config: &Config, p: Parts) -> VirtioNet {
+    fn assemble(
+        transport: Transport,
+        iommu: Arc<dyn Iommu>,
+        id: PciId,
+        device: Option<Device>,
+        config: &Config,
+        p: Parts,
+    ) -> VirtioNet {
+        let addr = transport.address();
         let nic = VirtioNet {
             transport,
             tx_header: p.header_mapping.iova(),
@@ -300,9 +337,9 @@ impl VirtioNet {
             tx: p.tx,
             control: p.control,
             areas: Vec::new(),
-            iommu: device.iommu(),
-            addr: device.address(),
-            id: device.id(),
+            iommu,
+            addr,
+            id,
             features: p.features,
             mac: p.mac,
             stats: Stats::default(),
@@ -431,9 +468,9 @@ impl VirtioNet {
         Ok(())
     }
 
-    /// The VFIO device.
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// The VFIO device (`None` for a fake).
+    pub fn device(&self) -> Option<&Device> {
+        self.device.as_ref()
     }
 
     /// PCI vendor and device ID.
@@ -617,8 +654,14 @@ struct Parts {
 /// Device initialisation in the order of 3.1.1 (reset, ACKNOWLEDGE, DRIVER, features,
 /// FEATURES_OK and its re-read, device-specific setup, DRIVER_OK), the device-specific
 /// part as 5.1.5 and 4.1.5.1.3 describe it: interrupts, queues, MAC.
-fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Error> {
-    let addr = device.address();
+fn bring_up(
+    t: &Transport,
+    device: Option<&Device>,
+    iommu: &Arc<dyn Iommu>,
+    config: &Config,
+    irq: Option<Interrupt>,
+) -> Result<Parts, Error> {
+    let addr = t.address();
     let refused = |what, value: u64| Error::Virtio { addr, what, value };
     // 1. Reset. 2. ACKNOWLEDGE. 3. DRIVER.
     t.reset()?;
@@ -645,7 +688,9 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
     }
     log::debug!("{addr}: accepted features {features:#x}");
     // ACCESS_PLATFORM is agreed: the device's DMA goes through the IOMMU.
-    device.set_bus_master(true)?;
+    if let Some(device) = device {
+        device.set_bus_master(true)?;
+    }
 
     // 7. Device-specific setup: interrupts, then the queues.
     let has_control = features::has(features, VIRTIO_NET_F_CTRL_VQ);
@@ -654,7 +699,10 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         return Err(refused("has too few virtqueues", u64::from(num_queues)));
     }
     let (irq, vector) = if config.interrupts {
-        let irq = device.enable_msix(1)?.pop();
+        let irq = match device {
+            Some(device) => device.enable_msix(1)?.pop(),
+            None => irq,
+        };
         // 4.1.5.1.2: write the vector, read it back; NO_VECTOR means refused.
         t.write16(CONFIG_MSIX_VECTOR, 0);
         let got = t.read16(CONFIG_MSIX_VECTOR);
@@ -669,11 +717,10 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         t.write16(CONFIG_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
         (None, VIRTIO_MSI_NO_VECTOR)
     };
-    let iommu = device.iommu();
     let event_idx = features::has(features, VIRTIO_RING_F_EVENT_IDX);
     let rx = setup_queue(
         t,
-        &iommu,
+        iommu,
         addr,
         RECEIVEQ1,
         config.rx_queue_size,
@@ -682,7 +729,7 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
     )?;
     let tx = setup_queue(
         t,
-        &iommu,
+        iommu,
         addr,
         TRANSMITQ1,
         config.tx_queue_size,
@@ -693,7 +740,7 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         // Polled: no interrupt vector. Eight entries: one command of two buffers at a time.
         let q: Queue<()> = setup_queue(
             t,
-            &iommu,
+            iommu,
             addr,
             CONTROLQ,
             queue::MIN_QUEUE,
@@ -705,8 +752,8 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
         Some(Control {
             vq: q.vq,
             notify_offset: q.notify_offset,
-            command_mapping: DmaMapping::of_memory_with(&iommu, &command, DmaAccess::DeviceReads)?,
-            ack_mapping: DmaMapping::of_memory(&iommu, &ack)?,
+            command_mapping: DmaMapping::of_memory_with(iommu, &command, DmaAccess::DeviceReads)?,
+            ack_mapping: DmaMapping::of_memory(iommu, &ack)?,
             command,
             ack,
         })
@@ -715,8 +762,7 @@ fn bring_up(t: &Transport, device: &Device, config: &Config) -> Result<Parts, Er
     };
     // The transmit header: all zero (no checksum, no GSO), read-only to the device.
     let header_memory = DmaMemory::new(c"virtio-net-tx-hdr", 4096)?;
-    let header_mapping =
-        DmaMapping::of_memory_with(&iommu, &header_memory, DmaAccess::DeviceReads)?;
+    let header_mapping = DmaMapping::of_memory_with(iommu, &header_memory, DmaAccess::DeviceReads)?;
 
     // The MAC: from the configuration if offered (5.1.5), else made up.
     let mac = if features::has(features, VIRTIO_NET_F_MAC) {
@@ -1175,7 +1221,10 @@ impl Nic for VirtioNet {
         let pending = self.rx.vq.has_used() || self.tx.vq.has_used();
         let irq = self.irq.as_ref().ok_or(Error::NoInterrupts)?;
         if pending {
-            irq.take()?;
+            // Work is there: do not sleep, but acknowledge an interrupt that announced it.
+            if irq.take()? > 0 {
+                self.stats.interrupts += 1;
+            }
             return Ok(true);
         }
         if irq.wait(timeout)? == 0 {
@@ -1200,12 +1249,15 @@ impl Drop for VirtioNet {
         if let Err(e) = self.transport.reset() {
             log::error!("{}: {e}", self.addr);
         }
+        let Some(device) = &self.device else {
+            return;
+        };
         if self.irq.is_some()
-            && let Err(e) = self.device.disable_irq(MSIX)
+            && let Err(e) = device.disable_irq(MSIX)
         {
             log::warn!("{e}");
         }
-        if let Err(e) = self.device.set_bus_master(false) {
+        if let Err(e) = device.set_bus_master(false) {
             log::error!(
                 "{}: cannot stop bus mastering before unmapping: {e}",
                 self.addr

@@ -7,17 +7,20 @@
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::mmio::{Bar, Regs};
+use crate::mmio::Window;
 use crate::pci::PciAddress;
 use crate::vfio::Device;
 
 use super::caps::{CapRegion, VirtioCaps};
 use super::regs::*;
 
+/// A BAR as the transport uses it.
+type BoxedWindow = Box<dyn Window>;
+
 /// The mapped structures of one device.
 pub struct Transport {
     addr: PciAddress,
-    bars: [Option<Bar>; 6],
+    bars: [Option<BoxedWindow>; 6],
     caps: VirtioCaps,
 }
 
@@ -25,8 +28,28 @@ impl Transport {
     /// Maps every BAR the capabilities name and checks that each structure lies inside
     /// its BAR and the common configuration is long enough.
     pub fn new(device: &Device, caps: VirtioCaps) -> Result<Transport, Error> {
-        let addr = device.address();
-        let mut bars: [Option<Bar>; 6] = Default::default();
+        let mut bars: Vec<(u8, BoxedWindow)> = Vec::new();
+        for r in [caps.common, caps.notify, caps.isr, caps.device] {
+            if r.bar <= 5 && !bars.iter().any(|(i, _)| *i == r.bar) {
+                bars.push((r.bar, Box::new(device.bar(u32::from(r.bar))?)));
+            }
+        }
+        Transport::with_windows(device.address(), caps, bars)
+    }
+
+    /// A transport over register windows given as `(BAR number, window)` (a fake device
+    /// in tests; [`Transport::new`] maps a real device's), with the same checks.
+    pub fn with_windows(
+        addr: PciAddress,
+        caps: VirtioCaps,
+        windows: Vec<(u8, BoxedWindow)>,
+    ) -> Result<Transport, Error> {
+        let mut bars: [Option<BoxedWindow>; 6] = Default::default();
+        for (index, w) in windows {
+            if let Some(slot) = bars.get_mut(usize::from(index)) {
+                *slot = Some(w);
+            }
+        }
         let regions = [
             (
                 "common configuration",
@@ -38,11 +61,10 @@ impl Transport {
             ("device configuration", caps.device, 8),
         ];
         for (what, r, min_len) in regions {
-            let index = usize::from(r.bar);
-            if bars[index].is_none() {
-                bars[index] = Some(device.bar(u32::from(r.bar))?);
-            }
-            let bar_len = bars[index].as_ref().map_or(0, Bar::len_bytes);
+            let bar_len = bars
+                .get(usize::from(r.bar))
+                .and_then(Option::as_ref)
+                .map_or(0, |w| w.window_bytes());
             let end = r.end().unwrap_or(u64::MAX);
             if end > bar_len || u64::from(r.length) < min_len {
                 log::error!(
@@ -58,14 +80,14 @@ impl Transport {
         Ok(Transport { addr, bars, caps })
     }
 
-    fn bar(&self, r: CapRegion) -> &Bar {
-        // `new` mapped every BAR a region names.
+    fn bar(&self, r: CapRegion) -> &dyn Window {
+        // `with_windows` checked that every BAR a region names is there.
         self.bars[usize::from(r.bar)]
-            .as_ref()
-            .expect("BAR mapped in Transport::new")
+            .as_deref()
+            .expect("BAR checked in Transport::with_windows")
     }
 
-    fn common(&self, field: u32) -> (&Bar, u32) {
+    fn common(&self, field: u32) -> (&dyn Window, u32) {
         (self.bar(self.caps.common), self.caps.common.offset + field)
     }
 
@@ -196,6 +218,11 @@ impl Transport {
     /// 16 bits, to its notification address).
     pub fn notify(&self, notify_offset: u32, queue: u16) {
         self.bar(self.caps.notify).write16(notify_offset, queue);
+    }
+
+    /// The device's PCI address.
+    pub fn address(&self) -> PciAddress {
+        self.addr
     }
 
     /// The capabilities this transport was built from.
