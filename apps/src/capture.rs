@@ -15,7 +15,7 @@ use pcap_file::{DataLink, Endianness};
 use rbuf::{DataArea, IoRec, PagePolicy, Pool};
 
 /// Bytes per receive buffer.
-pub const BUFFER_BYTES: u32 = 2048;
+pub const BUFFER_BYTES: u32 = crate::nics::BUFFER_BYTES;
 
 /// Errors of a capture.
 #[derive(Debug, thiserror::Error)]

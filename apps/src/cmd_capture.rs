@@ -6,19 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use driver::e1000::Config;
-use driver::{E1000, Nic, PciAddress};
-use rbufnic::capture::{self, Capture, CaptureOptions, CaptureStats};
+use driver::{Nic, PciAddress};
+use rbufnic::capture::{Capture, CaptureOptions, CaptureStats};
+use rbufnic::nics;
 
 use crate::cli::{STOP, seconds, stop_on_ctrl_c};
-
-/// How long QEMU's e1000 holds receive back after bring-up (see `fwd`), with a margin.
-const QEMU_RCTL_PAUSE: Duration = Duration::from_millis(1200);
 
 /// Options of `rbufnic capture`.
 #[derive(Args, Clone, Debug)]
 pub struct CaptureArgs {
-    /// PCI address of the port to capture from (an e1000 bound to vfio-pci).
+    /// PCI address of the port to capture from (an e1000 or virtio-net NIC bound to
+    /// vfio-pci).
     #[arg(value_name = "PCI")]
     pci: String,
     /// The pcap file to write (created or truncated; libpcap format, Ethernet, µs
@@ -92,26 +90,20 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     stop_on_ctrl_c()?;
-    let config = Config {
-        promiscuous: !args.no_promiscuous,
-        rx_buffer_bytes: capture::BUFFER_BYTES,
-        ..Config::default()
-    };
-    let nic = E1000::open(addr, &config).map_err(|e| {
+    let nic = nics::open(&addr.to_string(), !args.no_promiscuous).map_err(|e| {
         // Leave no empty file behind for a capture that never started.
         let _ = std::fs::remove_file(&args.out);
         anyhow::anyhow!("{}: {e}", args.pci)
     })?;
     let opened = Instant::now();
-    let qemu = nic.identity().qemu;
-    let ring = config.rx_ring_size as usize;
+    let settle = nics::settle_time(&nic);
+    let ring = nics::ring_entries(&nics::config(true));
     let mut cap = Capture::new(nic, ring, BufWriter::new(file), opts)?;
-    if qemu {
-        // Receive is held back after bring-up; say "ready" only once frames can come.
-        while opened.elapsed() < QEMU_RCTL_PAUSE {
-            cap.step()?;
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    // Receive may be held back after bring-up (QEMU's e1000); say "ready" only once
+    // frames can come.
+    while opened.elapsed() < settle {
+        cap.step()?;
+        std::thread::sleep(Duration::from_millis(10));
     }
     let (mac, link) = (cap.nic().mac(), cap.nic().link());
     eprintln!(

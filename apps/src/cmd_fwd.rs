@@ -11,7 +11,8 @@ use crate::cli::{STOP, parse_mac, seconds, stop_on_ctrl_c};
 /// Options of `rbufnic fwd`.
 #[derive(Args, Clone, Debug)]
 pub struct FwdArgs {
-    /// PCI address of port A (e.g. 0000:00:03.0), an e1000 bound to vfio-pci.
+    /// PCI address of port A (e.g. 0000:00:03.0), an e1000 or virtio-net NIC bound to
+    /// vfio-pci.
     #[arg(value_name = "PCI_A")]
     pci_a: String,
     /// PCI address of port B. Frames received on A go out on B and the reverse.
@@ -149,7 +150,7 @@ pub fn fwd(args: &FwdArgs) -> anyhow::Result<()> {
     stop_on_ctrl_c()?;
     let pci = [args.pci_a.as_str(), args.pci_b.as_str()];
     let mut last = Snapshot::default();
-    let summary = fwd::run_e1000(pci, &opts, &STOP, &mut |event| match event {
+    let summary = fwd::run(pci, &opts, &STOP, &mut |event| match event {
         Event::Ready {
             macs,
             links,
@@ -162,12 +163,15 @@ pub fn fwd(args: &FwdArgs) -> anyhow::Result<()> {
                     ['A', 'B'][i],
                     pci[i],
                     macs[i],
-                    if l.up {
+                    if l.up && l.speed_mbps > 0 {
                         format!(
                             "up {} Mb/s {}",
                             l.speed_mbps,
                             if l.full_duplex { "full" } else { "half" }
                         )
+                    } else if l.up {
+                        // virtio-net without VIRTIO_NET_F_SPEED_DUPLEX: no speed to tell.
+                        "up".to_string()
                     } else {
                         "down".to_string()
                     }

@@ -6,21 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use driver::e1000::Config;
-use driver::{E1000, Nic, PciAddress};
+use driver::{AnyNic, Nic, PciAddress};
+use rbufnic::nics;
 use rbufnic::pktgen::probe::Addresses;
-use rbufnic::pktgen::{self, Event, Pktgen, PktgenOptions, Snapshot, Summary};
+use rbufnic::pktgen::{Event, Pktgen, PktgenOptions, Snapshot, Summary};
 
 use crate::cli::{STOP, parse_mac, seconds, stop_on_ctrl_c};
-
-/// How long QEMU's e1000 holds receive back after the RCTL write of bring-up, with a
-/// margin (1 s of guest time, `set_rx_control` in hw/net/e1000.c).
-const QEMU_RCTL_PAUSE: Duration = Duration::from_millis(1200);
 
 /// Options of `rbufnic pktgen`.
 #[derive(Args, Clone, Debug)]
 pub struct PktgenArgs {
-    /// PCI address of the port that sends (an e1000 bound to vfio-pci).
+    /// PCI address of the port that sends (an e1000 or virtio-net NIC bound to vfio-pci).
     #[arg(value_name = "PCI")]
     pci: String,
     /// PCI address of a second port that receives the probes (e.g. after a forwarder on
@@ -98,17 +94,10 @@ impl PktgenArgs {
     }
 }
 
-/// Opens the e1000 at `pci` through VFIO, promiscuous (a generator's receive port must see
+/// Opens the NIC at `pci` through VFIO, promiscuous (a generator's receive port must see
 /// probes whatever their destination).
-fn open(role: &str, pci: &str) -> anyhow::Result<E1000> {
-    let err = |e: driver::Error| anyhow::anyhow!("{role} port ({pci}): {e}");
-    let addr: PciAddress = pci.parse().map_err(err)?;
-    let config = Config {
-        promiscuous: true,
-        rx_buffer_bytes: pktgen::BUFFER_BYTES,
-        ..Config::default()
-    };
-    E1000::open(addr, &config).map_err(err)
+fn open(role: &str, pci: &str) -> anyhow::Result<AnyNic> {
+    nics::open(pci, true).map_err(|e| anyhow::anyhow!("{role} port ({pci}): {e}"))
 }
 
 fn stats_line(now: &Snapshot, earlier: &Snapshot, receiving: bool) -> String {
@@ -224,14 +213,16 @@ pub fn pktgen(args: &PktgenArgs) -> anyhow::Result<()> {
     let tx = open("TX", &args.pci)?;
     let rx = args.rx.as_deref().map(|pci| open("RX", pci)).transpose()?;
     let opened = Instant::now();
-    let qemu = tx.identity().qemu || rx.as_ref().is_some_and(|n| n.identity().qemu);
-    let ring = tx.config().rx_ring_size.max(tx.config().tx_ring_size) as usize;
+    let settle = rx
+        .as_ref()
+        .map_or_else(|| nics::settle_time(&tx), nics::settle_time);
+    let ring = nics::ring_entries(&nics::config(true));
     let receiving = opts.receive;
     let mut pg = Pktgen::new(tx, rx, ring, opts)?;
-    if qemu && receiving {
-        // Receive is held back after bring-up: post buffers and wait it out, or the first
-        // probes would be counted lost.
-        while opened.elapsed() < QEMU_RCTL_PAUSE && !STOP.load(Ordering::Relaxed) {
+    if receiving {
+        // Receive may be held back after bring-up (QEMU's e1000): post buffers and wait it
+        // out, or the first probes would be counted lost.
+        while opened.elapsed() < settle && !STOP.load(Ordering::Relaxed) {
             pg.receive()?;
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -16,25 +16,24 @@
 //! polled until the queue drains, so an overloaded output fills the input NIC's ring and the
 //! NIC counts the drop (MPC), where every NIC counts it.
 //!
-//! The loop is generic over [`Nic`], so it runs on QEMU's e1000 through VFIO
-//! ([`open_e1000_pair`]) and on the driver's fake device in the unit tests.
+//! The loop is generic over [`Nic`], so it runs on any NIC the driver supports through
+//! VFIO ([`open_pair`]: QEMU's e1000 models, virtio-net) and on the driver's fake device in
+//! the unit tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use driver::e1000::Config;
-use driver::{AreaId, E1000, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, MacAddr, Nic, PciAddress};
+use driver::{AnyNic, AreaId, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, MacAddr, Nic, PciAddress};
 use rbuf::{DataArea, IoRec, PagePolicy, Pool};
 
-/// Bytes per buffer: one slot of the pool, one receive buffer (RCTL.BSIZE 2048).
-pub const BUFFER_BYTES: u32 = 2048;
+use crate::nics;
+
+/// Bytes per buffer: one slot of the pool, one receive buffer.
+pub const BUFFER_BYTES: u32 = nics::BUFFER_BYTES;
 /// Ethernet header bytes that a rewrite touches (destination then source MAC).
 const MAC_BYTES: usize = 6;
 /// Shortest frame forwarded: a frame must at least hold its Ethernet header.
 const MIN_FRAME_BYTES: u32 = 14;
-/// How long QEMU's e1000 model holds receive back after an RCTL write (1 s of guest time,
-/// `set_rx_control` in hw/net/e1000.c), with a margin.
-const QEMU_RCTL_PAUSE: Duration = Duration::from_millis(1200);
 /// At stop, how long transmissions already queued may take to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -251,11 +250,11 @@ pub struct Forwarder<N: Nic> {
     started: Instant,
 }
 
-/// Size of the shared data area for two NICs with the given ring sizes: room for both
-/// receive rings full, both transmit rings full and one queued batch per direction, with
-/// the same again spare.
-pub fn area_bytes_for(config: &Config, batch: usize) -> usize {
-    let buffers = 2 * (config.rx_ring_size as usize + config.tx_ring_size as usize + batch);
+/// Size of the shared data area for two NICs whose rings hold up to `ring_entries`
+/// descriptors each: room for both receive rings full, both transmit rings full and one
+/// queued batch per direction, with the same again spare.
+pub fn area_bytes_for(ring_entries: usize, batch: usize) -> usize {
+    let buffers = 2 * (2 * ring_entries + batch);
     2 * buffers * BUFFER_BYTES as usize
 }
 
@@ -565,14 +564,9 @@ impl<N: Nic> Forwarder<N> {
     }
 }
 
-/// Opens the e1000s at `pci` (port A, port B) through VFIO in promiscuous mode, so every
+/// Opens the NICs at `pci` (port A, port B) through VFIO in promiscuous mode, so every
 /// frame on either wire is forwarded.
-pub fn open_e1000_pair(pci: [&str; 2]) -> Result<[E1000; 2], FwdError> {
-    let config = Config {
-        promiscuous: true,
-        rx_buffer_bytes: BUFFER_BYTES,
-        ..Config::default()
-    };
+pub fn open_pair(pci: [&str; 2]) -> Result<[AnyNic; 2], FwdError> {
     let err = |i: usize| {
         move |source| FwdError::Nic {
             port: PORT_NAMES[i],
@@ -589,33 +583,31 @@ pub fn open_e1000_pair(pci: [&str; 2]) -> Result<[E1000; 2], FwdError> {
         )));
     }
     Ok([
-        E1000::open(a, &config).map_err(err(0))?,
-        E1000::open(b, &config).map_err(err(1))?,
+        nics::open(pci[0], true).map_err(err(0))?,
+        nics::open(pci[1], true).map_err(err(1))?,
     ])
 }
 
-/// `rbufnic fwd`: opens the two e1000s, forwards between them until `stop`, the duration
-/// or the count, and returns the final counters. Events go to `on_event`.
-pub fn run_e1000(
+/// `rbufnic fwd`: opens the two NICs, forwards between them until `stop`, the duration or
+/// the count, and returns the final counters. Events go to `on_event`.
+pub fn run(
     pci: [&str; 2],
     opts: &FwdOptions,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, FwdError> {
-    let [a, b] = open_e1000_pair(pci)?;
+    let [a, b] = open_pair(pci)?;
     let opened = Instant::now();
-    let qemu = a.identity().qemu || b.identity().qemu;
-    let config = a.config().clone();
-    let area = DataArea::create(area_bytes_for(&config, opts.batch), PagePolicy::PreferHuge)?;
+    let settle = nics::settle_time(&a).max(nics::settle_time(&b));
+    let entries = nics::ring_entries(&nics::config(true));
+    let area = DataArea::create(area_bytes_for(entries, opts.batch), PagePolicy::PreferHuge)?;
     let mut fwd = Forwarder::new(a, b, area, opts.clone())?;
-    if qemu {
-        // Receive is held back after the RCTL write of bring-up; report ready only once
-        // frames flow, so a sender does not fill QEMU's backend queue meanwhile.
-        let until = opened + QEMU_RCTL_PAUSE;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            fwd.step()?;
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    // Receive may be held back after bring-up (QEMU's e1000); report ready only once
+    // frames flow, so a sender does not fill QEMU's backend queue meanwhile.
+    let until = opened + settle;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        fwd.step()?;
+        std::thread::sleep(Duration::from_millis(10));
     }
     let links = [fwd.nic(0).link(), fwd.nic(1).link()];
     on_event(Event::Ready {
@@ -630,7 +622,8 @@ pub fn run_e1000(
 mod tests {
     use std::sync::Arc;
 
-    use driver::e1000::{Identity, SUPPORTED};
+    use driver::E1000;
+    use driver::e1000::{Config, Identity, SUPPORTED};
     use driver::fake::{FakeE1000, FakeIommu};
     use rbufnic_tests::frame::{FrameGen, MacAddr as TestMac};
 
@@ -666,7 +659,8 @@ mod tests {
         };
         let (a, dev_a, iommu_a) = open(MAC_A);
         let (b, dev_b, iommu_b) = open(MAC_B);
-        let area = DataArea::create(area_bytes_for(&config, opts.batch), PagePolicy::Shmem)
+        let entries = config.rx_ring_size.max(config.tx_ring_size) as usize;
+        let area = DataArea::create(area_bytes_for(entries, opts.batch), PagePolicy::Shmem)
             .expect("data area");
         let fwd = Forwarder::new(a, b, area, opts).expect("forwarder");
         Rig {

@@ -6,4 +6,5 @@ pub mod bind;
 pub mod capture;
 pub mod fwd;
 pub mod list;
+pub mod nics;
 pub mod pktgen;

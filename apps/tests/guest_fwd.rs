@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rbufnic_tests::fwd_job::{self, FwdJob};
-use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, UdpPeer, host_path, nic_bdf};
+use rbufnic_tests::{Guest, HarnessError, MacAddr, Nic, NicModel, UdpPeer, host_path, nic_bdf};
 
 fn rbufnic() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbufnic"))
@@ -85,6 +85,32 @@ fn fwd_forwards_both_ways_at_once_through_one_pool() -> Result<(), HarnessError>
     const N: u64 = 6_000;
     let job = FwdJob {
         both_ways: true,
+        ..FwdJob::new(rbufnic(), N, 1_500)
+    };
+    let out = run_job(&job)?;
+    for (key, want) in [
+        ("forwarded", 2 * N),
+        ("a_rx", N),
+        ("a_tx", N),
+        ("b_rx", N),
+        ("b_tx", N),
+    ] {
+        assert_eq!(
+            out.summary_field(key),
+            Some(want),
+            "{key}\n{}",
+            out.guest.output
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn fwd_forwards_both_ways_between_two_virtio_net_nics() -> Result<(), HarnessError> {
+    const N: u64 = 4_000;
+    let job = FwdJob {
+        both_ways: true,
+        model: NicModel::VirtioNet,
         ..FwdJob::new(rbufnic(), N, 1_500)
     };
     let out = run_job(&job)?;

@@ -21,7 +21,7 @@ use probe::{Addresses, Probe, Received, STAMP_LENS};
 use track::{Latency, Tracker};
 
 /// Bytes per buffer slot (one frame, RCTL.BSIZE 2048).
-pub const BUFFER_BYTES: u32 = 2048;
+pub const BUFFER_BYTES: u32 = crate::nics::BUFFER_BYTES;
 /// How long an interrupted run still waits for probes on their way.
 const LINGER_INTERRUPTED: Duration = Duration::from_millis(200);
 

@@ -1,6 +1,6 @@
 //! `qemu-fwd`: the main job in one command. Builds `rbufnic`, boots a QEMU guest (q35,
-//! emulated Intel IOMMU, TCG) with two emulated e1000 NICs bound to vfio-pci, each on a UDP
-//! link to a peer in this process, runs `rbufnic fwd` between them in the guest, sends a
+//! emulated Intel IOMMU, TCG) with two emulated NICs (e1000 by default, `--model
+//! virtio-net`) bound to vfio-pci, each on a UDP link to a peer in this process, runs `rbufnic fwd` between them in the guest, sends a
 //! fixed count of test frames into NIC A at a fixed rate, and checks every frame that comes
 //! out of NIC B byte for byte. Prints live counts every second and a summary; exits 0 only
 //! if every frame arrived, once, in order and intact.
@@ -29,6 +29,9 @@ enum Model {
     /// Intel 82544GC copper (`e1000-82544gc`).
     #[value(name = "e1000-82544gc")]
     E1000_82544gc,
+    /// Modern virtio-net behind the IOMMU (`virtio-net-pci,disable-legacy=on,iommu_platform=on`).
+    #[value(name = "virtio-net")]
+    VirtioNet,
 }
 
 impl Model {
@@ -37,6 +40,7 @@ impl Model {
             Model::E1000 => NicModel::E1000_82540EM,
             Model::E1000_82545em => NicModel::E1000_82545EM,
             Model::E1000_82544gc => NicModel::E1000_82544GC,
+            Model::VirtioNet => NicModel::VirtioNet,
         }
     }
 }

@@ -1,0 +1,57 @@
+//! Opening NICs for the applications: whatever supported NIC is at a PCI address
+//! ([`AnyNic`]: an Intel 8254x or a virtio-net device), configured the way the
+//! applications use it, and the facts about it they need.
+
+use std::time::Duration;
+
+use driver::{AnyConfig, AnyNic, DriverKind, PciAddress};
+
+/// Bytes of every buffer the applications post for receive: one 2 KiB slot, enough for a
+/// 1514-byte frame on either driver (virtio-net's 12-byte header included).
+pub const BUFFER_BYTES: u32 = 2048;
+
+/// How long QEMU's e1000 holds receive back after the RCTL write of bring-up (1 s of guest
+/// time, `set_rx_control` in hw/net/e1000.c), with a margin. Frames sent meanwhile wait in
+/// QEMU's backend or are lost, so the applications wait before they say "ready".
+const QEMU_E1000_RCTL_PAUSE: Duration = Duration::from_millis(1200);
+
+/// The driver configuration the applications use: receive buffers of
+/// [`BUFFER_BYTES`], polling, promiscuous or not.
+pub fn config(promiscuous: bool) -> AnyConfig {
+    let mut c = AnyConfig::default();
+    c.e1000.promiscuous = promiscuous;
+    c.e1000.rx_buffer_bytes = BUFFER_BYTES;
+    c.virtio_net.promiscuous = promiscuous;
+    c.virtio_net.rx_buffer_bytes = BUFFER_BYTES;
+    c
+}
+
+/// Opens the NIC at `pci` (parsed here, so a malformed address is the driver's one-line
+/// error) with [`config`].
+pub fn open(pci: &str, promiscuous: bool) -> Result<AnyNic, driver::Error> {
+    let addr: PciAddress = pci.parse()?;
+    AnyNic::open(addr, &config(promiscuous))
+}
+
+/// The most descriptors either ring of a NIC opened with `config` can hold: what a data
+/// area must have room for, per direction, to keep the rings full.
+pub fn ring_entries(config: &AnyConfig) -> usize {
+    [
+        config.e1000.rx_ring_size as usize,
+        config.e1000.tx_ring_size as usize,
+        usize::from(config.virtio_net.rx_queue_size),
+        usize::from(config.virtio_net.tx_queue_size),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+}
+
+/// How long after opening `nic` receive may still be held back by the device model.
+pub fn settle_time(nic: &AnyNic) -> Duration {
+    if nic.kind() == DriverKind::E1000 && nic.is_qemu() {
+        QEMU_E1000_RCTL_PAUSE
+    } else {
+        Duration::ZERO
+    }
+}
