@@ -137,16 +137,24 @@ fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<
     let (_peer_b, backend_b) = UdpPeer::for_qemu()?;
     let exe = host_path(&rbufnic());
     let (vfio, kernel) = (nic_bdf(0), nic_bdf(1));
+    // Two e1000s behind a conventional PCI bridge share its IOMMU group: one goes to
+    // vfio-pci, the other stays with the kernel, so the group is not viable.
+    let (bridged, sibling) = ("0000:01:01.0", "0000:01:02.0");
     let script = format!(
-        "{exe} list; \
+        "{exe} bind {bridged}; \
+         {exe} list; \
          {exe} fwd {vfio} {kernel} --count 1; echo \"exit-not-bound $?\"; \
          {exe} fwd {vfio} 0000:00:1f.6 --count 1; echo \"exit-no-device $?\"; \
-         {exe} fwd {vfio} 00:04 --count 1; echo \"exit-malformed $?\"",
+         {exe} fwd {vfio} 00:04 --count 1; echo \"exit-malformed $?\"; \
+         {exe} fwd {vfio} {bridged} --count 1; echo \"exit-not-viable $?\"",
         exe = exe.display()
     );
     let out = Guest::builder()
         .nic(Nic::e1000(MacAddr::qemu(0x51), backend_a))
         .nic(Nic::e1000(MacAddr::qemu(0x52), backend_b).kernel_driver())
+        .device("pci-bridge,id=br0,chassis_nr=1,addr=0x1e")
+        .device("e1000,bus=br0,addr=0x1,mac=52:54:00:12:34:53,romfile=")
+        .device("e1000,bus=br0,addr=0x2,mac=52:54:00:12:34:54,romfile=")
         .hugepages(16)
         .timeout(Duration::from_secs(240))
         .run(&script)?;
@@ -169,12 +177,22 @@ fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<
             && listed.contains("[eth"),
         "{listed}"
     );
+    let listed = line(sibling);
+    assert!(
+        listed.contains(" e1000 ") && listed.contains("group not viable: 0000:01:02.0 (e1000)"),
+        "{listed}"
+    );
+    assert!(o.contains(&format!("{bridged}: e1000 -> vfio-pci")), "{o}");
     // Nothing but the one line per mistake: no log noise from the VFIO crate.
     assert!(!o.contains("vfio_ioctls"), "{o}");
     for (code, message) in [
         ("exit-not-bound 1", "is bound to e1000, not vfio-pci"),
         ("exit-no-device 1", "no PCI device 0000:00:1f.6"),
         ("exit-malformed 1", "malformed PCI address \"00:04\""),
+        (
+            "exit-not-viable 1",
+            "is not viable: bind 0000:01:02.0 (e1000) to vfio-pci too",
+        ),
     ] {
         assert!(o.contains(code), "{code}:\n{o}");
         let errors: Vec<&str> = o.lines().filter(|l| l.contains(message)).collect();

@@ -246,6 +246,7 @@ impl Guest {
             pass_env: PASSED_ENV.iter().map(|s| (*s).to_owned()).collect(),
             cwd: None,
             serialize: true,
+            devices: Vec::new(),
         }
     }
 }
@@ -262,9 +263,19 @@ pub struct GuestBuilder {
     pass_env: Vec<String>,
     cwd: Option<PathBuf>,
     serialize: bool,
+    devices: Vec<String>,
 }
 
 impl GuestBuilder {
+    /// Adds a QEMU `-device` beside the NICs, e.g. a PCI bridge and devices behind it
+    /// (`pci-bridge,id=br0,chassis_nr=1,addr=0x1e`, `e1000,bus=br0,addr=0x1,romfile=`), so
+    /// a test can build an IOMMU group of several devices. Nothing binds these to
+    /// vfio-pci; the guest's kernel drivers (see [`Nic::kernel_driver`]) may take them.
+    pub fn device(mut self, spec: &str) -> GuestBuilder {
+        self.devices.push(spec.to_owned());
+        self
+    }
+
     /// Adds a NIC; the `i`-th NIC added sits at [`nic_bdf`]`(i)`.
     pub fn nic(mut self, nic: Nic) -> GuestBuilder {
         self.nics.push(nic);
@@ -580,6 +591,10 @@ impl GuestBuilder {
                 nic.mac,
                 FIRST_NIC_SLOT + i
             ));
+        }
+        for spec in &self.devices {
+            args.push("-device".to_owned());
+            args.push(spec.clone());
         }
         args
     }
