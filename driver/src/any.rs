@@ -1,6 +1,15 @@
 //! [`AnyNic`]: whatever NIC is at a PCI address, driven by the driver its vendor and device
 //! ID call for, behind the one [`Nic`] interface. Apps say "open the NIC at this address"
-//! and never name a driver.
+//! and never name a driver:
+//!
+//! ```no_run
+//! use driver::{AnyConfig, AnyNic, Nic, PciAddress};
+//!
+//! let addr: PciAddress = "0000:00:03.0".parse()?;
+//! let nic = AnyNic::open(addr, &AnyConfig::default().with_interrupts(true))?;
+//! println!("{} ({}) at {addr}: {}", nic.mac(), nic.kind().name(), nic.pci_id());
+//! # Ok::<(), driver::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -278,6 +287,13 @@ mod tests {
         // virtio-blk, e1000e: no driver here.
         assert_eq!(DriverKind::for_id(id(0x1af4, 0x1042)), None);
         assert_eq!(DriverKind::for_id(id(0x8086, 0x10d3)), None);
+    }
+
+    #[test]
+    fn nics_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<AnyNic>();
+        send::<VirtioNet>();
     }
 
     #[test]
