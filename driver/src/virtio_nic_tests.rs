@@ -399,3 +399,32 @@ fn any_nic_delegates_to_the_virtio_driver() {
     assert_eq!(any.rx_poll(&mut out).unwrap().count, 1);
     assert_eq!(out[0].extents()[0], Extent::new(2048 + 12, 70));
 }
+
+#[test]
+fn configuration_interrupts_report_link_changes_and_a_device_that_gave_up() {
+    let rx_area = area(8 * 2048);
+    let config = Config {
+        interrupts: true,
+        ..Config::default()
+    };
+    let (_iommu, dev, nic) = setup(QEMU_FEATURES, &config);
+    let mut nic = nic.unwrap();
+    let rx = nic.add_rx_area(&rx_area).unwrap();
+    nic.rx_post(rx, &[IoRec::single(1, Extent::new(0, 2048))])
+        .unwrap();
+    dev.set_link(false);
+    assert!(nic.wait(Some(Duration::from_secs(1))).unwrap());
+    assert!(!nic.link().up);
+    assert!(!nic.is_broken());
+    assert_eq!(nic.rx_space(), 255);
+    dev.need_reset();
+    assert!(nic.wait(Some(Duration::from_secs(1))).unwrap());
+    assert!(nic.is_broken());
+    assert_eq!((nic.rx_space(), nic.tx_space()), (0, 0));
+    assert_eq!(
+        nic.rx_post(rx, &[IoRec::single(2, Extent::new(2048, 2048))])
+            .unwrap(),
+        0
+    );
+    assert_eq!(nic.stats().interrupts, 2);
+}

@@ -330,6 +330,15 @@ impl State {
         }
     }
 
+    fn config_interrupt(&mut self) {
+        if self.config_msix != VIRTIO_MSI_NO_VECTOR {
+            self.interrupts += 1;
+            if let Some(irq) = &self.irq {
+                let _ = irq.signal();
+            }
+        }
+    }
+
     fn gather(&self, descs: &[Desc]) -> Vec<u8> {
         let mut out = Vec::new();
         for &(addr, len, flags) in descs {
@@ -528,9 +537,20 @@ impl FakeVirtioNet {
         (s.queues[q].enable == 1, s.queues[q].size)
     }
 
-    /// Sets the link state reported in the device configuration.
+    /// Sets the link state reported in the device configuration (a configuration change
+    /// interrupt, if the driver gave it a vector).
     pub fn set_link(&self, up: bool) {
-        self.lock().link = up;
+        let mut s = self.lock();
+        s.link = up;
+        s.config_interrupt();
+    }
+
+    /// Gives up like a device hitting an internal error: sets `DEVICE_NEEDS_RESET` and
+    /// raises a configuration change interrupt (2.1.2).
+    pub fn need_reset(&self) {
+        let mut s = self.lock();
+        s.status |= DEVICE_NEEDS_RESET;
+        s.config_interrupt();
     }
 
     /// The receive modes the driver set.

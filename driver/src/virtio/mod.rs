@@ -226,6 +226,8 @@ pub struct VirtioNet {
     /// Set when the device did something the specification forbids; nothing more is
     /// taken from or given to it.
     broken: bool,
+    /// Link state last seen, to log changes.
+    link_up: bool,
     irq: Option<Interrupt>,
     // Dropped after the queues (fields drop in order): unmapped, then freed.
     _tx_header_mapping: DmaMapping,
@@ -325,7 +327,7 @@ impl VirtioNet {
         p: Parts,
     ) -> VirtioNet {
         let addr = transport.address();
-        let nic = VirtioNet {
+        let mut nic = VirtioNet {
             transport,
             tx_header: p.header_mapping.iova(),
             config: Config {
@@ -345,11 +347,13 @@ impl VirtioNet {
             stats: Stats::default(),
             raw_completions: 0,
             broken: false,
+            link_up: false,
             irq: p.irq,
             _tx_header_mapping: p.header_mapping,
             _tx_header_memory: p.header_memory,
             device,
         };
+        nic.link_up = nic.link().up;
         log::info!(
             "virtio-net {} up: MAC {}, link {:?}, features {:#x}, RX queue {}x{} B at IOVA {}, \
              TX queue {} at IOVA {}, {}",
@@ -1231,11 +1235,47 @@ impl Nic for VirtioNet {
             return Ok(false);
         }
         self.stats.interrupts += 1;
+        if !self.rx.vq.has_used() && !self.tx.vq.has_used() {
+            // The one vector also carries configuration changes (4.1.5.1.2).
+            self.configuration_changed();
+        }
         Ok(true)
     }
 }
 
 impl VirtioNet {
+    /// After an interrupt with no queue work: the link may have changed, or the device
+    /// may have given up (`DEVICE_NEEDS_RESET`, 2.1.1), after which it is not used again.
+    fn configuration_changed(&mut self) {
+        let status = self.transport.status();
+        if status & DEVICE_NEEDS_RESET != 0 {
+            if !self.broken {
+                log::error!(
+                    "{}: device needs a reset (status {status:#x}); no longer using it",
+                    self.addr
+                );
+            }
+            self.broken = true;
+            return;
+        }
+        // Also reached by an interrupt whose work an earlier poll took: log changes only.
+        let link = self.link();
+        if link.up != self.link_up {
+            self.link_up = link.up;
+            log::info!(
+                "{}: link {}",
+                self.addr,
+                if link.up { "up" } else { "down" }
+            );
+        }
+    }
+
+    /// Whether the driver stopped using the device (it broke the ring protocol or asked
+    /// for a reset): no buffers are accepted any more; reopen the NIC.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn take_rx(&mut self, used: Used) {
         self.rx.slots[usize::from(used.id)] = None;
         self.rx.vq.pop_used(used);
