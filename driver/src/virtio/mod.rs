@@ -26,7 +26,10 @@
 //!   asks for an interrupt at the next receive completion, or once every queued frame is
 //!   sent (`used_event`).
 //! - **Interrupt mode** routes one MSI-X vector (configuration changes and both queues)
-//!   to an eventfd; polling mode gives the device no vector and disables INTx.
+//!   to an eventfd; polling mode gives the device no vector and disables INTx. A
+//!   configuration change is checked for link changes and `DEVICE_NEEDS_RESET`.
+//! - **Receive modes** (promiscuous, all-multicast) go through the control queue
+//!   (`VIRTIO_NET_F_CTRL_VQ`, `VIRTIO_NET_F_CTRL_RX`), polled for the acknowledgement.
 //!
 //! # Quirks of QEMU's model (hw/net/virtio-net.c, hw/virtio/virtio-pci.c)
 //!
@@ -39,10 +42,14 @@
 //!   the driver's own (frame bytes, no FCS), the error counters stay 0.
 //! - **No link speed.** Without `VIRTIO_NET_F_SPEED_DUPLEX` (not negotiated) the speed is
 //!   unknown: [`LinkStatus::speed_mbps`] is 0, full duplex when up.
-//! - **A refused DMA completes quietly.** When the IOMMU refuses a receive buffer's
-//!   address, QEMU writes the frame through a bounce buffer whose write-back the IOMMU
-//!   drops (the guest kernel logs the DMAR fault), and returns the buffer as if filled;
-//!   the device keeps working.
+//! - **A refused DMA completes quietly** (seen in the guest test): when the IOMMU refuses
+//!   a receive buffer's address, the guest kernel logs the DMAR write fault, the device
+//!   returns the buffer in the used ring as if filled, no memory changes, and the device
+//!   keeps working. It does not set `DEVICE_NEEDS_RESET`.
+//!
+//! Not negotiated (the [`Nic`] interface has no use for them yet): mergeable receive
+//! buffers, checksum and segmentation offloads, multiqueue, indirect descriptors, packed
+//! queues.
 
 #![forbid(unsafe_code)]
 
