@@ -67,7 +67,7 @@ pub(crate) fn command_line(cmd: &Command) -> String {
 
 /// Makes sure the Debian packages are installed: installs the missing ones with apt-get
 /// when running as root, and fails with [`HarnessError::MissingPackages`] otherwise.
-pub(crate) fn ensure_packages(packages: &[&str]) -> Result<(), HarnessError> {
+pub fn ensure_packages(packages: &[&str]) -> Result<(), HarnessError> {
     let mut confirmed = CONFIRMED.lock().unwrap_or_else(|p| p.into_inner());
     let unchecked: Vec<&str> = packages
         .iter()

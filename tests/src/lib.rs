@@ -69,7 +69,7 @@ pub use guest::{
     nic_bdf,
 };
 #[cfg(feature = "harness")]
-pub use host::harness_dir;
+pub use host::{ensure_packages, harness_dir};
 #[cfg(feature = "harness")]
 pub use netns::{NetNs, Tap};
 #[cfg(feature = "harness")]
