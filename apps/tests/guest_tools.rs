@@ -92,6 +92,9 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
          $R unbind $K; echo \"exit-unbind $?\"
          echo \"if-after-unbind $(ls /sys/bus/pci/devices/$K/net)\"
          $R bind $K >/dev/null && $R bind $K; echo \"exit-bind-again $?\"
+         NOBODY=\"/usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups\"
+         $NOBODY $R unbind $K; echo \"exit-unbind-nobody $?\"
+         $NOBODY $R pktgen {a} --count 1; echo \"exit-pktgen-nobody $?\"
          $R pktgen {a} --tx-only --count {PROBES} --rate 2000 --size 300 --flows 4; echo \"exit-pktgen $?\"
          $R pktgen {a} --rx {b} --count {LOOPED} --rate 1000 --size 128 --linger 2; echo \"exit-pktgen-rx $?\"
          $R capture {b} --out /tmp/cap.pcap --count {CAPTURED} --duration 90; echo \"exit-capture $?\"
@@ -152,6 +155,23 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
         "{o}"
     );
     assert!(o.contains("exit-bind-again 0"), "{o}");
+    // Without root: one line each, saying why.
+    assert!(o.contains("exit-unbind-nobody 1"), "{o}");
+    let no_root: Vec<&str> = o
+        .lines()
+        .filter(|l| l.contains("(binding drivers needs root)"))
+        .collect();
+    assert_eq!(no_root.len(), 1, "{o}");
+    assert!(
+        no_root[0].starts_with("rbufnic: clear driver_override "),
+        "{o}"
+    );
+    assert!(o.contains("exit-pktgen-nobody 1"), "{o}");
+    let denied: Vec<&str> = o
+        .lines()
+        .filter(|l| l.starts_with(&format!("rbufnic: TX port ({a})")))
+        .collect();
+    assert_eq!(denied.len(), 1, "{o}");
 
     // pktgen: every probe arrived intact at the host, over 4 flows, at the asked size.
     assert!(o.contains("exit-pktgen 0"), "{o}");
