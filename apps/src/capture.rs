@@ -14,6 +14,8 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness};
 use rbuf::{DataArea, IoRec, PagePolicy, Pool};
 
+use crate::nics;
+
 /// Bytes per receive buffer.
 pub const BUFFER_BYTES: u32 = crate::nics::BUFFER_BYTES;
 
@@ -167,31 +169,18 @@ impl<N: Nic, W: Write> Capture<N, W> {
     /// Posts free buffers, writes what came. Returns whether anything happened.
     pub fn step(&mut self) -> Result<bool, CaptureError> {
         let mut progress = false;
-        let n = self
-            .nic
-            .rx_space()
-            .min(self.pool.available())
-            .min(self.scratch.len());
-        if n > 0 {
-            for slot in &mut self.scratch[..n] {
-                let id = self.pool.alloc(BUFFER_BYTES as usize)?;
-                *slot = self.pool.iorec(id);
-            }
-            let result = self.nic.rx_post(self.area_id, &self.scratch[..n]);
-            let posted = match &result {
-                Ok(k) => *k,
-                Err(e) => e.accepted().unwrap_or(0),
-            };
-            for rec in &self.scratch[posted..n] {
-                self.pool.free(rec.tag() as u32);
-            }
-            self.posted += posted;
-            progress |= posted > 0;
-            result.map_err(|error| CaptureError::Driver {
-                op: "post receive buffers",
-                error,
-            })?;
-        }
+        let posted = nics::post_rx(
+            &mut self.nic,
+            self.area_id,
+            &mut self.pool,
+            &mut self.scratch,
+        )
+        .map_err(|error| CaptureError::Driver {
+            op: "post receive buffers",
+            error,
+        })?;
+        self.posted += posted;
+        progress |= posted > 0;
         let Some(batch) = self.nic.rx_poll(&mut self.scratch) else {
             return Ok(progress);
         };

@@ -46,13 +46,7 @@ pub struct CaptureArgs {
 
 fn stats_line(now: &CaptureStats, earlier: &CaptureStats) -> String {
     let secs = now.elapsed.saturating_sub(earlier.elapsed).as_secs_f64();
-    let rate = |a: u64, b: u64| {
-        if secs > 0.0 {
-            a.saturating_sub(b) as f64 / secs
-        } else {
-            0.0
-        }
-    };
+    let rate = |a: u64, b: u64| nics::per_sec(a, b, secs);
     format!(
         "capture {:>6.1}s  {:.0} pps {:.1} Mbit/s | written {} frames {} bytes, errors {}, missed {}",
         now.elapsed.as_secs_f64(),

@@ -102,13 +102,7 @@ fn open(role: &str, pci: &str) -> anyhow::Result<AnyNic> {
 
 fn stats_line(now: &Snapshot, earlier: &Snapshot, receiving: bool) -> String {
     let secs = now.elapsed.saturating_sub(earlier.elapsed).as_secs_f64();
-    let rate = |a: u64, b: u64| {
-        if secs > 0.0 {
-            a.saturating_sub(b) as f64 / secs
-        } else {
-            0.0
-        }
-    };
+    let rate = |a: u64, b: u64| nics::per_sec(a, b, secs);
     let mut line = format!(
         "pktgen {:>6.1}s  tx {:.0} pps {:.1} Mbit/s",
         now.elapsed.as_secs_f64(),

@@ -158,13 +158,7 @@ impl Snapshot {
     /// Rates of each port between `earlier` and `self` (zero if no time passed).
     pub fn rates_since(&self, earlier: &Snapshot) -> [PortRates; 2] {
         let secs = self.elapsed.saturating_sub(earlier.elapsed).as_secs_f64();
-        let per_sec = |now: u64, then: u64| {
-            if secs > 0.0 {
-                now.saturating_sub(then) as f64 / secs
-            } else {
-                0.0
-            }
-        };
+        let per_sec = |now: u64, then: u64| nics::per_sec(now, then, secs);
         let mut out = [PortRates::default(); 2];
         for (r, (now, then)) in out
             .iter_mut()
@@ -362,37 +356,23 @@ impl<N: Nic> Forwarder<N> {
         let mut progress = false;
         loop {
             let port = &mut self.ports[i];
-            let n = port
-                .nic
-                .rx_space()
-                .min(self.pool.available())
-                .min(self.scratch.len());
-            if n == 0 {
-                return Ok(progress);
-            }
-            for slot in &mut self.scratch[..n] {
-                // Cannot fail: `available` buffers exist and each is a full slot.
-                let id = self.pool.alloc(BUFFER_BYTES as usize)?;
-                *slot = self.pool.iorec(id);
-            }
-            let result = port.nic.rx_post(port.rx_area, &self.scratch[..n]);
-            let posted = match &result {
-                Ok(posted) => *posted,
-                Err(source) => source.accepted().unwrap_or(0),
-            };
-            for rec in &self.scratch[posted..n] {
-                self.pool.free(rec.tag() as u32);
-            }
-            port.posted += posted;
+            let batch = self.scratch.len();
             // Our own IOrecs are refused only if the area or the configuration is wrong:
             // nothing later would work either.
-            result.map_err(|source| FwdError::Driver {
+            let posted = nics::post_rx(
+                &mut port.nic,
+                port.rx_area,
+                &mut self.pool,
+                &mut self.scratch,
+            )
+            .map_err(|source| FwdError::Driver {
                 port: PORT_NAMES[i],
                 op: "post receive buffers",
                 error: source,
             })?;
+            port.posted += posted;
             progress |= posted > 0;
-            if posted < n {
+            if posted < batch {
                 return Ok(progress);
             }
         }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use driver::{AnyConfig, AnyNic, DriverKind, PciAddress};
+use driver::{AnyConfig, AnyNic, AreaId, DriverKind, Nic, PciAddress};
+use rbuf::{IoRec, Pool};
 
 /// Bytes of every buffer the applications post for receive: one 2 KiB slot, enough for a
 /// 1514-byte frame on either driver (virtio-net's 12-byte header included).
@@ -53,5 +54,48 @@ pub fn settle_time(nic: &AnyNic) -> Duration {
         QEMU_E1000_RCTL_PAUSE
     } else {
         Duration::ZERO
+    }
+}
+
+/// Posts free buffers of `pool` (slots of at least [`BUFFER_BYTES`]) to `nic`'s receive
+/// ring in `area`: as many as the ring has room for, at most `scratch.len()`. Buffers the
+/// NIC did not take go back to the pool. Returns how many it took. An error means the NIC
+/// refused one of our own IOrecs (a wrong area or configuration, which nothing later would
+/// fix); the buffers it took before that one stay posted.
+pub fn post_rx<N: Nic>(
+    nic: &mut N,
+    area: AreaId,
+    pool: &mut Pool,
+    scratch: &mut [IoRec],
+) -> Result<usize, driver::Error> {
+    let want = nic.rx_space().min(pool.available()).min(scratch.len());
+    let mut n = 0;
+    while n < want {
+        let Ok(id) = pool.alloc(BUFFER_BYTES as usize) else {
+            break;
+        };
+        scratch[n] = pool.iorec(id);
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let result = nic.rx_post(area, &scratch[..n]);
+    let posted = match &result {
+        Ok(k) => *k,
+        Err(e) => e.accepted().unwrap_or(0),
+    };
+    for rec in &scratch[posted..n] {
+        pool.free(rec.tag() as u32);
+    }
+    result
+}
+
+/// Events per second between two readings of a counter `secs` apart (0 if no time passed).
+pub fn per_sec(now: u64, then: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        now.saturating_sub(then) as f64 / secs
+    } else {
+        0.0
     }
 }

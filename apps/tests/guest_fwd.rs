@@ -56,6 +56,39 @@ fn run_job(job: &FwdJob) -> Result<fwd_job::FwdOutcome, HarnessError> {
     Ok(out)
 }
 
+/// Checks the forwarder's own summary counts.
+fn assert_summary(out: &fwd_job::FwdOutcome, want: &[(&str, u64)]) {
+    for &(key, value) in want {
+        assert_eq!(
+            out.summary_field(key),
+            Some(value),
+            "{key}\n{}",
+            out.guest.output
+        );
+    }
+}
+
+/// `n` frames each way through `model` NICs: both ports receive and send `n`.
+fn both_ways(model: NicModel, n: u64) -> Result<(), HarnessError> {
+    let job = FwdJob {
+        both_ways: true,
+        model,
+        ..FwdJob::new(rbufnic(), n, 1_500)
+    };
+    let out = run_job(&job)?;
+    assert_summary(
+        &out,
+        &[
+            ("forwarded", 2 * n),
+            ("a_rx", n),
+            ("a_tx", n),
+            ("b_rx", n),
+            ("b_tx", n),
+        ],
+    );
+    Ok(())
+}
+
 #[test]
 fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
 -> Result<(), HarnessError> {
@@ -63,72 +96,27 @@ fn fwd_forwards_20000_mixed_size_frames_in_order_byte_exact_without_loss()
     let out = run_job(&FwdJob::new(rbufnic(), N, 2_000))?;
     // The forwarder's own counts agree with the host's: every frame in on A, out on B,
     // nothing the other way.
-    for (key, want) in [
-        ("forwarded", N),
-        ("a_rx", N),
-        ("b_tx", N),
-        ("a_tx", 0),
-        ("b_rx", 0),
-    ] {
-        assert_eq!(
-            out.summary_field(key),
-            Some(want),
-            "{key}\n{}",
-            out.guest.output
-        );
-    }
+    assert_summary(
+        &out,
+        &[
+            ("forwarded", N),
+            ("a_rx", N),
+            ("b_tx", N),
+            ("a_tx", 0),
+            ("b_rx", 0),
+        ],
+    );
     Ok(())
 }
 
 #[test]
 fn fwd_forwards_both_ways_at_once_through_one_pool() -> Result<(), HarnessError> {
-    const N: u64 = 6_000;
-    let job = FwdJob {
-        both_ways: true,
-        ..FwdJob::new(rbufnic(), N, 1_500)
-    };
-    let out = run_job(&job)?;
-    for (key, want) in [
-        ("forwarded", 2 * N),
-        ("a_rx", N),
-        ("a_tx", N),
-        ("b_rx", N),
-        ("b_tx", N),
-    ] {
-        assert_eq!(
-            out.summary_field(key),
-            Some(want),
-            "{key}\n{}",
-            out.guest.output
-        );
-    }
-    Ok(())
+    both_ways(NicModel::E1000_82540EM, 6_000)
 }
 
 #[test]
 fn fwd_forwards_both_ways_between_two_virtio_net_nics() -> Result<(), HarnessError> {
-    const N: u64 = 4_000;
-    let job = FwdJob {
-        both_ways: true,
-        model: NicModel::VirtioNet,
-        ..FwdJob::new(rbufnic(), N, 1_500)
-    };
-    let out = run_job(&job)?;
-    for (key, want) in [
-        ("forwarded", 2 * N),
-        ("a_rx", N),
-        ("a_tx", N),
-        ("b_rx", N),
-        ("b_tx", N),
-    ] {
-        assert_eq!(
-            out.summary_field(key),
-            Some(want),
-            "{key}\n{}",
-            out.guest.output
-        );
-    }
-    Ok(())
+    both_ways(NicModel::VirtioNet, 4_000)
 }
 
 #[test]

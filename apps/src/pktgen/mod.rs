@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use driver::{AreaId, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, Nic};
 use rbuf::{DataArea, Extent, IoRec, PagePolicy, Pool};
 
+use crate::nics;
+
 use probe::{Addresses, Probe, Received, STAMP_LENS};
 use track::{Latency, Tracker};
 
@@ -292,31 +294,16 @@ impl<N: Nic> Pktgen<N> {
         let nic = self.rx_nic.as_mut().unwrap_or(&mut self.tx_nic);
         let mut progress = false;
         // Refill.
-        let n = nic
-            .rx_space()
-            .min(rx.pool.available())
-            .min(self.scratch.len());
-        if n > 0 {
-            for slot in &mut self.scratch[..n] {
-                let id = rx.pool.alloc(BUFFER_BYTES as usize)?;
-                *slot = rx.pool.iorec(id);
-            }
-            let result = nic.rx_post(rx.area_id, &self.scratch[..n]);
-            let posted = match &result {
-                Ok(k) => *k,
-                Err(e) => e.accepted().unwrap_or(0),
-            };
-            for rec in &self.scratch[posted..n] {
-                rx.pool.free(rec.tag() as u32);
-            }
-            rx.with_nic += posted;
-            progress |= posted > 0;
-            result.map_err(|error| PktgenError::Driver {
-                port: "RX",
-                op: "post receive buffers",
-                error,
+        let posted =
+            nics::post_rx(nic, rx.area_id, &mut rx.pool, &mut self.scratch).map_err(|error| {
+                PktgenError::Driver {
+                    port: "RX",
+                    op: "post receive buffers",
+                    error,
+                }
             })?;
-        }
+        rx.with_nic += posted;
+        progress |= posted > 0;
         // Classify what came.
         let Some(batch) = nic.rx_poll(&mut self.scratch) else {
             return Ok(progress);
