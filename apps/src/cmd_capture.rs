@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use driver::{Nic, PciAddress};
 use rbufnic::capture::{Capture, CaptureOptions, CaptureStats};
-use rbufnic::nics;
+use rbufnic::nics::{self, RxFilter};
 
 use crate::cli::{STOP, seconds, stop_on_ctrl_c};
 
@@ -84,14 +84,22 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<()> {
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     stop_on_ctrl_c()?;
-    let nic = nics::open(&addr.to_string(), !args.no_promiscuous).map_err(|e| {
+    let nic = nics::open(
+        &addr.to_string(),
+        if args.no_promiscuous {
+            RxFilter::Unicast
+        } else {
+            RxFilter::Promiscuous
+        },
+    )
+    .map_err(|e| {
         // Leave no empty file behind for a capture that never started.
         let _ = std::fs::remove_file(&args.out);
         anyhow::anyhow!("{}: {e}", args.pci)
     })?;
     let opened = Instant::now();
     let settle = nics::settle_time(&nic);
-    let ring = nics::ring_entries(&nics::config(true));
+    let ring = nics::ring_entries(&nics::config(RxFilter::Promiscuous));
     let mut cap = Capture::new(nic, ring, BufWriter::new(file), opts)?;
     // Receive may be held back after bring-up (QEMU's e1000); say "ready" only once
     // frames can come.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use driver::{AnyNic, Nic, PciAddress};
-use rbufnic::nics;
+use rbufnic::nics::{self, RxFilter};
 use rbufnic::pktgen::probe::Addresses;
 use rbufnic::pktgen::{Event, Pktgen, PktgenOptions, Snapshot, Summary};
 
@@ -97,7 +97,7 @@ impl PktgenArgs {
 /// Opens the NIC at `pci` through VFIO, promiscuous (a generator's receive port must see
 /// probes whatever their destination).
 fn open(role: &str, pci: &str) -> anyhow::Result<AnyNic> {
-    nics::open(pci, true).map_err(|e| anyhow::anyhow!("{role} port ({pci}): {e}"))
+    nics::open(pci, RxFilter::Promiscuous).map_err(|e| anyhow::anyhow!("{role} port ({pci}): {e}"))
 }
 
 fn stats_line(now: &Snapshot, earlier: &Snapshot, receiving: bool) -> String {
@@ -210,7 +210,7 @@ pub fn pktgen(args: &PktgenArgs) -> anyhow::Result<()> {
     let settle = rx
         .as_ref()
         .map_or_else(|| nics::settle_time(&tx), nics::settle_time);
-    let ring = nics::ring_entries(&nics::config(true));
+    let ring = nics::ring_entries(&nics::config(RxFilter::Promiscuous));
     let receiving = opts.receive;
     let mut pg = Pktgen::new(tx, rx, ring, opts)?;
     if receiving {

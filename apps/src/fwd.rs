@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use driver::{AnyNic, AreaId, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, MacAddr, Nic, PciAddress};
 use rbuf::{DataArea, IoRec, PagePolicy, Pool};
 
-use crate::nics;
+use crate::nics::{self, RxFilter};
 
 /// Bytes per buffer: one slot of the pool, one receive buffer.
 pub const BUFFER_BYTES: u32 = nics::BUFFER_BYTES;
@@ -563,8 +563,8 @@ pub fn open_pair(pci: [&str; 2]) -> Result<[AnyNic; 2], FwdError> {
         )));
     }
     Ok([
-        nics::open(pci[0], true).map_err(err(0))?,
-        nics::open(pci[1], true).map_err(err(1))?,
+        nics::open(pci[0], RxFilter::Promiscuous).map_err(err(0))?,
+        nics::open(pci[1], RxFilter::Promiscuous).map_err(err(1))?,
     ])
 }
 
@@ -579,7 +579,7 @@ pub fn run(
     let [a, b] = open_pair(pci)?;
     let opened = Instant::now();
     let settle = nics::settle_time(&a).max(nics::settle_time(&b));
-    let entries = nics::ring_entries(&nics::config(true));
+    let entries = nics::ring_entries(&nics::config(RxFilter::Promiscuous));
     let area = DataArea::create(area_bytes_for(entries, opts.batch), PagePolicy::PreferHuge)?;
     let mut fwd = Forwarder::new(a, b, area, opts.clone())?;
     // Receive may be held back after bring-up (QEMU's e1000); report ready only once

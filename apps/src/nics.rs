@@ -16,22 +16,38 @@ pub const BUFFER_BYTES: u32 = 2048;
 /// QEMU's backend or are lost, so the applications wait before they say "ready".
 const QEMU_E1000_RCTL_PAUSE: Duration = Duration::from_millis(1200);
 
+/// Which frames a port receives besides those addressed to its MAC and broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxFilter {
+    /// Every frame on the wire (forwarders, generators, capture).
+    Promiscuous,
+    /// Every multicast frame too (a host stack: IPv6 neighbour discovery uses
+    /// solicited-node multicast groups).
+    AllMulticast,
+    /// Only its own unicast and broadcast frames.
+    Unicast,
+}
+
 /// The driver configuration the applications use: receive buffers of
-/// [`BUFFER_BYTES`], polling, promiscuous or not.
-pub fn config(promiscuous: bool) -> AnyConfig {
+/// [`BUFFER_BYTES`], polling, the receive filter `filter`.
+pub fn config(filter: RxFilter) -> AnyConfig {
     let mut c = AnyConfig::default();
+    let promiscuous = filter == RxFilter::Promiscuous;
+    let all_multicast = filter == RxFilter::AllMulticast;
     c.e1000.promiscuous = promiscuous;
+    c.e1000.all_multicast = all_multicast;
     c.e1000.rx_buffer_bytes = BUFFER_BYTES;
     c.virtio_net.promiscuous = promiscuous;
+    c.virtio_net.all_multicast = all_multicast;
     c.virtio_net.rx_buffer_bytes = BUFFER_BYTES;
     c
 }
 
 /// Opens the NIC at `pci` (parsed here, so a malformed address is the driver's one-line
 /// error) with [`config`].
-pub fn open(pci: &str, promiscuous: bool) -> Result<AnyNic, driver::Error> {
+pub fn open(pci: &str, filter: RxFilter) -> Result<AnyNic, driver::Error> {
     let addr: PciAddress = pci.parse()?;
-    AnyNic::open(addr, &config(promiscuous))
+    AnyNic::open(addr, &config(filter))
 }
 
 /// The most descriptors either ring of a NIC opened with `config` can hold: what a data
