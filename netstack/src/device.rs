@@ -317,7 +317,7 @@ impl<R: RxChannel> PortControl for PortHandle<R> {
     fn wait(&mut self, timeout: Duration) -> Result<(), Error> {
         let mut rx = self.shared.rx.borrow_mut();
         let mut tx = self.shared.tx.borrow_mut();
-        if rx.head < rx.len {
+        if rx.head < rx.len || rx.chan.has_pending() {
             return Ok(());
         }
         rx.chan.flush()?;
@@ -437,5 +437,66 @@ impl<R: RxChannel> phy::Device for RbufDevice<R> {
         checksum.icmpv6 = Checksum::Both;
         caps.checksum = checksum;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use phy::{Device, RxToken as _, TxToken as _};
+
+    use super::*;
+    use crate::wire::{WireConfig, pair};
+
+    fn devices(access: RxAccess) -> (RbufDevice<crate::TmmRx>, RbufDevice<crate::TmmRx>) {
+        let cfg = WireConfig {
+            slots: 8,
+            buffers: 16,
+            pages: rbuf::PagePolicy::Shmem,
+            ..WireConfig::default()
+        };
+        let (a, b) = pair(&cfg, &cfg).unwrap();
+        (a.into_device(access), b.into_device(access))
+    }
+
+    #[test]
+    fn frames_cross_byte_exact_and_transmit_stops_when_the_ring_is_full() {
+        for access in [RxAccess::Borrow, RxAccess::Copy] {
+            let (mut a, mut b) = devices(access);
+            let now = Instant::from_millis(0);
+            let caps = a.capabilities();
+            assert_eq!(
+                (caps.max_transmission_unit, caps.max_burst_size),
+                (1514, Some(8))
+            );
+            let mut sent = 0u8;
+            while let Some(tok) = a.transmit(now) {
+                tok.consume(60 + usize::from(sent), |buf| buf.fill(sent));
+                sent += 1;
+            }
+            assert_eq!(sent, 8, "8-slot ring");
+            assert_eq!(a.handle().stats().tx_full, 1);
+            for i in 0..8u8 {
+                let (rx, _tx) = b.receive(now).expect("frame");
+                rx.consume(|f| {
+                    assert_eq!(f.len(), 60 + usize::from(i));
+                    assert!(f.iter().all(|&x| x == i), "frame {i}");
+                });
+            }
+            assert!(b.receive(now).is_none());
+            let st = b.handle().stats();
+            assert_eq!(st.rx_frames, 8);
+            assert_eq!(st.rx_copied, if access == RxAccess::Copy { 8 } else { 0 });
+            // B returned the buffers (flushed on the next receive): A may send again.
+            assert!(a.transmit(now).is_some());
+        }
+    }
+
+    #[test]
+    fn a_dead_peer_is_reported_once_idle() {
+        let (a, b) = devices(RxAccess::Borrow);
+        let mut h = a.handle();
+        drop(b);
+        let err = h.wait(Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("peer disconnected"), "{err}");
     }
 }

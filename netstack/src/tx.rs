@@ -118,3 +118,54 @@ impl TxChannel {
         self.pool.free(id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rbuf::connect::pair;
+    use rbuf::{Mode, PagePolicy};
+
+    use super::*;
+
+    #[test]
+    fn room_ends_at_the_ring_size_and_returns_only_with_completions() {
+        let area = Arc::new(DataArea::create(1 << 20, PagePolicy::Shmem).unwrap());
+        let pool = Pool::slots(area.len(), 2048);
+        let (o, r) = pair(Mode::Tmm, 8, area, pool.capacity()).unwrap();
+        let mut tx = TxChannel::new(o.into_master().unwrap(), pool).unwrap();
+        let mut peer = r.into_peer().unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let (id, e) = tx.take(60).unwrap().expect("room");
+            assert!(tx.send(id, e).unwrap());
+            ids.push(id);
+        }
+        assert!(!tx.has_room().unwrap(), "8 frames out on an 8-slot ring");
+        assert_eq!(tx.take(60).unwrap(), None);
+        assert_eq!(tx.take(MAX_FRAME_BYTES + 1).unwrap(), None, "over the MTU");
+        // The peer finishes one frame: exactly that buffer comes back.
+        let mut got = [IoRec::default(); 8];
+        assert_eq!(peer.recv(&mut got).unwrap(), 8);
+        assert_eq!(got[0].total_len(), 60);
+        assert_eq!(peer.send(&got[..1]).unwrap(), 1);
+        assert!(tx.has_room().unwrap());
+        let (id, _) = tx.take(60).unwrap().unwrap();
+        assert_eq!(
+            id,
+            got[0].tag() as BufId,
+            "the completed buffer is the one reused"
+        );
+        tx.cancel(id);
+        assert_eq!(tx.pool().available(), tx.pool().capacity() - 7);
+    }
+
+    #[test]
+    fn refuses_a_pool_too_small_for_a_frame() {
+        let area = Arc::new(DataArea::create(1 << 16, PagePolicy::Shmem).unwrap());
+        let pool = Pool::slots(area.len(), 1024);
+        let (o, _r) = pair(Mode::Tmm, 8, area, pool.capacity()).unwrap();
+        let err = TxChannel::new(o.into_master().unwrap(), pool).unwrap_err();
+        assert!(err.to_string().contains("1514-byte frame"), "{err}");
+    }
+}
