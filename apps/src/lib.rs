@@ -8,3 +8,4 @@ pub mod fwd;
 pub mod list;
 pub mod nics;
 pub mod pktgen;
+pub mod serve;

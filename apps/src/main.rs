@@ -11,6 +11,7 @@ mod cmd_bind;
 mod cmd_capture;
 mod cmd_fwd;
 mod cmd_pktgen;
+mod cmd_serve;
 
 #[derive(Parser)]
 #[command(name = "rbufnic", version, about = "Userspace NIC stack on Rbuf channels", long_about = None)]
@@ -48,6 +49,10 @@ enum Command {
     Pktgen(cmd_pktgen::PktgenArgs),
     /// Write the frames a port receives to a pcap file (tcpdump and tshark read it).
     Capture(cmd_capture::CaptureArgs),
+    /// Run the project's TCP/IP stack (smoltcp over rbuf channels) on a port, answering
+    /// ping, with UDP and TCP echo, a static-file HTTP server and an upload sink.
+    /// Statistics every second on stderr, uploads and a summary on stdout.
+    Serve(cmd_serve::ServeArgs),
     /// Benchmarks that compare rbuf against peers measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unbind { pci } => cmd_bind::unbind(&pci),
         Command::Pktgen(args) => cmd_pktgen::pktgen(&args),
         Command::Capture(args) => cmd_capture::capture(&args),
+        Command::Serve(args) => cmd_serve::serve(&args),
         Command::Bench(Bench::Ipc {
             params,
             cpus,
