@@ -3,3 +3,4 @@
 
 pub mod iceoryx;
 pub mod ipc;
+pub mod tcp;
