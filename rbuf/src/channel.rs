@@ -69,7 +69,8 @@ pub struct LinkStats {
     pub received: u64,
     /// IOrecs from the peer refused by validation.
     pub bad_iorecs: u64,
-    /// Corrupt counts (head or tail) published by the peer.
+    /// Corrupt counts (head or tail) published by the peer, and heads claiming slots it
+    /// never stamped.
     pub bad_counts: u64,
     /// Doorbells rung for the peer (system calls made on its behalf).
     pub wakeups_sent: u64,
@@ -236,7 +237,7 @@ impl Link {
     /// once past the tolerance).
     fn violation(&mut self, err: Error) -> Error {
         match err {
-            Error::BadCount { .. } => self.stats.bad_counts += 1,
+            Error::BadCount { .. } | Error::BadStamp { .. } => self.stats.bad_counts += 1,
             Error::BadIoRec(_) => self.stats.bad_iorecs += 1,
             other => return other,
         }
@@ -335,7 +336,7 @@ impl Link {
 
     fn ready(&mut self, what: Await) -> Result<bool, Error> {
         let r = match what {
-            Await::Incoming => self.inp.pending().map(|n| n > 0),
+            Await::Incoming => self.inp.ready(),
             Await::Space(want) => self.out.free().map(|n| n >= want.clamp(1, self.slots())),
         };
         r.map_err(|e| self.violation(e))

@@ -33,8 +33,9 @@ use crate::{DataArea, Error};
 
 /// Protocol magic: "RBUFNIC" and a zero.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RBUFNIC\0");
-/// Protocol version; a peer with another version is refused.
-pub const VERSION: u32 = 1;
+/// Protocol version; a peer with another version is refused. Version 2: ring slots
+/// carry sequence stamps (see [`crate::ring`]).
+pub const VERSION: u32 = 2;
 /// How long the handshake may take before a silent peer is given up on.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -553,9 +554,9 @@ mod tests {
         };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         let mut bad = h.encode();
-        bad[8] = 2;
+        bad[8] = 1;
         let err = Hello::decode(&bad).unwrap_err().to_string();
-        assert!(err.contains("version 2"), "{err}");
+        assert!(err.contains("version 1"), "{err}");
         bad = h.encode();
         bad[0] = b'X';
         assert!(

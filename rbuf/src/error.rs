@@ -108,6 +108,20 @@ pub enum Error {
         /// Ring size.
         slots: usize,
     },
+    /// The producer's head claims an IOrec whose ring slot it never stamped.
+    #[error(
+        "peer's head {head} claims IOrec {seq}, whose slot holds stamp {found:#x}, not {expected:#x}"
+    )]
+    BadStamp {
+        /// The IOrec's sequence number (our tail).
+        seq: u64,
+        /// The head read.
+        head: u64,
+        /// The stamp found in the slot.
+        found: u32,
+        /// The stamp the slot should hold.
+        expected: u32,
+    },
     /// The master's pool has no free buffer.
     #[error("pool exhausted")]
     PoolExhausted,

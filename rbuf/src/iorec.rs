@@ -7,7 +7,7 @@
 //! offset  size  field
 //!      0     2  count     number of valid extents, 0..=MAX_EXTENTS
 //!      2     2  flags     opaque to rbuf (users define bits, e.g. "RX error")
-//!      4     4  reserved  zero
+//!      4     4  reserved  zero in an IOrec; in a ring slot, the slot's sequence stamp
 //!      8     8  tag       opaque 64-bit value; the master's buffer id
 //!     16  6x8   extents   { offset: u32, len: u32 }, offsets into the data area
 //! ```
@@ -63,6 +63,29 @@ impl std::fmt::Debug for Extent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:#x}+{}", self.offset(), self.len())
     }
+}
+
+/// Offset of the `reserved` word, which a ring slot uses as its sequence stamp
+/// (see [`crate::ring`]).
+pub(crate) const STAMP_OFFSET: usize = 4;
+
+/// An IOrec as a ring writes it into a slot: every word but the stamp, in two pieces
+/// (bytes 0..4 and 8..64), so the stamp can be published separately after them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SlotBody {
+    /// `count` and `flags`, as stored (little-endian).
+    pub(crate) header: [u16; 2],
+    /// `tag` and `extents`, as stored.
+    pub(crate) rest: SlotRest,
+}
+
+/// Bytes 8..64 of an IOrec.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SlotRest {
+    tag: u64,
+    extents: [Extent; MAX_EXTENTS],
 }
 
 /// An IOrec: up to [`MAX_EXTENTS`] extents into one data area, a tag and flags.
@@ -159,6 +182,24 @@ impl IoRec {
         &mut self.extents[..n]
     }
 
+    /// The words a ring slot holds besides its stamp.
+    pub(crate) fn slot_body(&self) -> SlotBody {
+        SlotBody {
+            header: [self.count, self.flags],
+            rest: SlotRest {
+                tag: self.tag,
+                extents: self.extents,
+            },
+        }
+    }
+
+    /// This copy with the `reserved` word zeroed (a copy read out of a ring slot carries
+    /// the slot's stamp there).
+    pub(crate) fn without_stamp(mut self) -> IoRec {
+        self.reserved = 0;
+        self
+    }
+
     /// Sum of the extent lengths.
     pub fn total_len(&self) -> u64 {
         self.extents().iter().map(|e| u64::from(e.len())).sum()
@@ -215,6 +256,25 @@ mod tests {
         assert_eq!(offset_of!(IoRec, reserved), 4);
         assert_eq!(offset_of!(IoRec, tag), 8);
         assert_eq!(offset_of!(IoRec, extents), 16);
+        assert_eq!(offset_of!(IoRec, reserved), STAMP_OFFSET);
+        assert_eq!(size_of::<SlotRest>(), 56);
+        assert_eq!(align_of::<SlotRest>(), 8);
+    }
+
+    #[test]
+    fn slot_body_holds_every_word_but_the_stamp() {
+        let mut rec = IoRec::from_extents(0x1122_3344_5566_7788, &[Extent::new(64, 100)]).unwrap();
+        rec.set_flags(0x0bad);
+        let body = rec.slot_body();
+        let mut back = IoRec::new(0);
+        back.count = body.header[0];
+        back.flags = body.header[1];
+        back.tag = body.rest.tag;
+        back.extents = body.rest.extents;
+        assert_eq!(back, rec);
+        back.reserved = 0xdead_beef;
+        assert_ne!(back, rec);
+        assert_eq!(back.without_stamp(), rec);
     }
 
     #[test]

@@ -12,20 +12,33 @@
 //! ```
 //!
 //! Counts are free-running `u64`s; slot `i` lives at `i & (N - 1)`. The producer writes
-//! slots `tail + N > i >= head`, then publishes `head` with a `Release` store; the consumer
-//! reads `head` with `Acquire`, copies each slot out once with a volatile read, and
-//! publishes `tail` with `Release` after its copies (so the producer never overwrites a
-//! slot being read). A count read from the peer is checked before use: it may never go
-//! backwards or claim more than the ring holds ([`Error::BadCount`]).
+//! slots `tail + N > i >= head`: the IOrec's words, then, with a `Release` store, the
+//! slot's *stamp* (the IOrec's `reserved` word: the low 32 bits of `i + 1`), then, after
+//! a batch, `head` with a `Release` store. The consumer finds IOrec `i` by the stamp of its
+//! slot alone (`Acquire`; the slot still holds stamp `i + 1 - N` until it is written),
+//! so it reads one cache line per IOrec and not the head's too; it copies each slot out
+//! once with a volatile read, and publishes `tail` with `Release` after its copies (so
+//! the producer never overwrites a slot being read).
+//!
+//! The head count is still published, for the event indexes and as a check: whenever the
+//! consumer finds the next slot unstamped (an empty poll, a wait) it reads `head` and
+//! checks it ([`Error::BadCount`]): never backwards, never more than the ring past `tail`,
+//! and never behind `tail` by more than the ring (an honest head may lag the stamps by up
+//! to one batch, since the stamps are written first). A head past `tail` whose slot is not
+//! stamped is a lie too ([`Error::BadStamp`]): the stamps are written before the head, so
+//! an `Acquire` read of the head makes them visible. A producer that forges stamps gets
+//! its forged IOrecs read, and the receiver validates those as any other.
 //!
 //! Waking follows [`crate::event`]: a waiter publishes an event index in its own memory,
-//! then a `SeqCst` fence, then re-reads the count; a publisher stores its count, then a
-//! `SeqCst` fence, then reads the index. Either the waiter sees the new count or the
-//! publisher sees the index (the store-load order both fences give), so no wake-up is lost.
+//! then a `SeqCst` fence, then re-reads the stamp (or the count); a publisher stores its
+//! stamps and count, then a `SeqCst` fence, then reads the index. Either the waiter sees
+//! the new stamp or the publisher sees the index (the store-load order both fences give),
+//! so no wake-up is lost.
 
 use std::sync::atomic::{Ordering, fence};
 
 use crate::event::{NOT_WAITING, need_event};
+use crate::iorec::STAMP_OFFSET;
 use crate::shm::{PAGE_BYTES, PagePolicy, Region};
 use crate::{Error, IoRec};
 
@@ -45,6 +58,19 @@ const CONSUMER_MAGIC_AT: usize = 128;
 
 const PRODUCER_MAGIC: u64 = u64::from_le_bytes(*b"rbufprod");
 const CONSUMER_MAGIC: u64 = u64::from_le_bytes(*b"rbufcons");
+
+/// The stamp of the slot holding IOrec `seq`: the low 32 bits of `seq + 1`, so the zeroed
+/// slots of a new ring hold no valid stamp, and a slot's next stamp always differs from
+/// the one it holds (`slots` is far below 2^32).
+#[inline]
+fn stamp(seq: u64) -> u32 {
+    seq.wrapping_add(1) as u32
+}
+
+#[inline]
+fn slot_at(seq: u64, slots: usize) -> usize {
+    SLOT_BASE + (seq & (slots as u64 - 1)) as usize * SLOT_BYTES
+}
 
 /// Bytes of the producer's memory for a ring of `slots` (page-rounded, as mapped).
 pub fn producer_bytes(slots: usize) -> usize {
@@ -181,15 +207,20 @@ impl Producer {
         if n == 0 {
             return Ok((0, false));
         }
-        let mask = self.slots as u64 - 1;
         for (i, rec) in recs[..n].iter().enumerate() {
-            let slot = (self.head.wrapping_add(i as u64) & mask) as usize;
+            let seq = self.head.wrapping_add(i as u64);
+            let at = slot_at(seq, self.slots);
+            let body = rec.slot_body();
+            self.mine.write_volatile(at, body.header);
+            self.mine.write_volatile(at + 8, body.rest);
+            // Release: the IOrec's words become visible before its stamp.
             self.mine
-                .write_volatile(SLOT_BASE + slot * SLOT_BYTES, *rec);
+                .atomic_u32(at + STAMP_OFFSET)
+                .store(stamp(seq), Ordering::Release);
         }
         let old = self.head;
         self.head = old.wrapping_add(n as u64);
-        // Release: the slot writes above become visible before the new head.
+        // Release: the stamped slots become visible before the new head.
         self.mine
             .atomic_u64(HEAD)
             .store(self.head, Ordering::Release);
@@ -270,12 +301,27 @@ impl Consumer {
         self.tail
     }
 
-    /// Re-reads the producer's head; checks it moved forward and not past the ring.
+    /// Whether the slot of IOrec `seq` carries its stamp (the producer wrote it).
+    #[inline]
+    fn stamped(&self, seq: u64) -> bool {
+        // Acquire: the IOrec's words, written before the stamp, are visible after it.
+        self.peer
+            .atomic_u32(slot_at(seq, self.slots) + STAMP_OFFSET)
+            .load(Ordering::Acquire)
+            == stamp(seq)
+    }
+
+    /// Re-reads the producer's head and checks it: not backwards from the last one read,
+    /// not more than the ring past `tail`, and not behind `tail` by more than the ring
+    /// (it may lag the stamps we already consumed by up to one batch).
     fn refresh_head(&mut self) -> Result<(), Error> {
         let now = self.peer.atomic_u64(HEAD).load(Ordering::Acquire);
-        let old_fill = self.head.wrapping_sub(self.tail);
-        let new_fill = now.wrapping_sub(self.tail);
-        if new_fill < old_fill || new_fill > self.slots as u64 {
+        let slots = self.slots as i64;
+        // Positions relative to the tail; the head seen last can have fallen more than
+        // the ring behind it since, and an honest head never does.
+        let old = (self.head.wrapping_sub(self.tail) as i64).max(-slots);
+        let new = now.wrapping_sub(self.tail) as i64;
+        if new < old || new > slots {
             return Err(Error::BadCount {
                 which: "head",
                 previous: self.head,
@@ -287,27 +333,73 @@ impl Consumer {
         Ok(())
     }
 
-    /// IOrecs waiting right now.
+    /// Whether an IOrec is waiting, from the next slot's stamp; if it has none, the head
+    /// is read and checked, and a head that claims the slot anyway is refused.
+    pub fn ready(&mut self) -> Result<bool, Error> {
+        if self.stamped(self.tail) {
+            return Ok(true);
+        }
+        Ok(self.head_claims()? > 0)
+    }
+
+    /// IOrecs waiting right now: as many as the producer's head (read and checked) says,
+    /// and at least one when the next slot is stamped.
     pub fn pending(&mut self) -> Result<usize, Error> {
+        let claimed = self.head_claims()?;
+        Ok(claimed.max(usize::from(self.stamped(self.tail))))
+    }
+
+    /// Reads and checks the head; returns how many IOrecs it claims past the tail, after
+    /// checking that the first of them is stamped (its `Acquire` read made every stamp
+    /// written before it visible).
+    fn head_claims(&mut self) -> Result<usize, Error> {
         self.refresh_head()?;
-        Ok(self.head.wrapping_sub(self.tail) as usize)
+        let claimed = self.head.wrapping_sub(self.tail) as i64;
+        if claimed <= 0 {
+            return Ok(0);
+        }
+        if self.stamped(self.tail) {
+            return Ok(claimed as usize);
+        }
+        let at = slot_at(self.tail, self.slots) + STAMP_OFFSET;
+        Err(Error::BadStamp {
+            seq: self.tail,
+            head: self.head,
+            found: self.peer.atomic_u32(at).load(Ordering::Relaxed),
+            expected: stamp(self.tail),
+        })
+    }
+
+    /// Copies out the stamped slots from the tail on, up to `out.len()`.
+    #[inline]
+    fn take_stamped(&self, out: &mut [IoRec]) -> usize {
+        let max = out.len().min(self.slots);
+        let mut n = 0;
+        while n < max {
+            let seq = self.tail.wrapping_add(n as u64);
+            if !self.stamped(seq) {
+                break;
+            }
+            let rec: IoRec = self.peer.read_volatile(slot_at(seq, self.slots));
+            out[n] = rec.without_stamp();
+            n += 1;
+        }
+        n
     }
 
     /// Pops up to `out.len()` IOrecs (copies, unvalidated) and releases their slots with
     /// one tail update. Returns how many and whether the producer asked to be woken.
+    /// Finding nothing stamped, it reads and checks the producer's head ([`Consumer::ready`]).
     pub fn pop(&mut self, out: &mut [IoRec]) -> Result<(usize, bool), Error> {
-        let mut ready = self.head.wrapping_sub(self.tail) as usize;
-        if ready < out.len() {
-            ready = self.pending()?;
+        let mut n = self.take_stamped(out);
+        if n == 0 && !out.is_empty() {
+            if !self.ready()? {
+                return Ok((0, false));
+            }
+            n = self.take_stamped(out);
         }
-        let n = ready.min(out.len());
         if n == 0 {
             return Ok((0, false));
-        }
-        let mask = self.slots as u64 - 1;
-        for (i, rec) in out[..n].iter_mut().enumerate() {
-            let slot = (self.tail.wrapping_add(i as u64) & mask) as usize;
-            *rec = self.peer.read_volatile(SLOT_BASE + slot * SLOT_BYTES);
         }
         let old = self.tail;
         self.tail = old.wrapping_add(n as u64);
@@ -327,7 +419,7 @@ impl Consumer {
             .atomic_u64(DATA_EVENT)
             .store(self.tail, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        Ok(self.pending()? > 0)
+        self.ready()
     }
 
     /// Withdraws a sleep declaration.
@@ -349,10 +441,24 @@ pub mod raw {
             .store(head, Ordering::Release);
     }
 
-    /// Overwrites a slot in producer memory.
+    /// Overwrites the slot of IOrec `index` in producer memory and stamps it as the
+    /// producer would (without publishing the head).
     pub fn store_slot(producer_memory: &Region, slots: usize, index: u64, rec: IoRec) {
-        let slot = (index & (slots as u64 - 1)) as usize;
-        producer_memory.write_volatile(SLOT_BASE + slot * SLOT_BYTES, rec);
+        let at = slot_at(index, slots);
+        producer_memory.write_volatile(at, rec);
+        store_stamp(producer_memory, slots, index, stamp(index));
+    }
+
+    /// Overwrites the stamp of the slot of IOrec `index` with any value.
+    pub fn store_stamp(producer_memory: &Region, slots: usize, index: u64, value: u32) {
+        producer_memory
+            .atomic_u32(slot_at(index, slots) + STAMP_OFFSET)
+            .store(value, Ordering::Release);
+    }
+
+    /// The stamp the slot of IOrec `index` carries once the producer wrote it.
+    pub fn stamp_of(index: u64) -> u32 {
+        stamp(index)
     }
 
     /// Overwrites the published tail in consumer memory.
@@ -440,13 +546,17 @@ mod tests {
         assert_eq!(c.pop(&mut out[..1]).unwrap(), (1, false));
     }
 
-    #[test]
-    fn bad_counts_from_the_peer_are_detected() {
-        let pmem = create_producer_memory(8).unwrap();
+    /// A consumer whose producer memory the test writes raw, as a hostile producer would.
+    fn victim(slots: usize) -> (Region, Consumer) {
+        let pmem = create_producer_memory(slots).unwrap();
         let cmem = create_consumer_memory().unwrap();
         let pview = Region::map_readonly(pmem.readonly_fd().unwrap(), pmem.len()).unwrap();
-        // The producer's memory is our hostile peer: we keep a handle to write it raw.
-        let mut c = Consumer::new(cmem, pview, 8).unwrap();
+        (pmem, Consumer::new(cmem, pview, slots).unwrap())
+    }
+
+    #[test]
+    fn bad_counts_from_the_peer_are_detected() {
+        let (pmem, mut c) = victim(8);
         raw::store_head(&pmem, 9);
         assert!(matches!(
             c.pending(),
@@ -456,6 +566,9 @@ mod tests {
                 ..
             })
         ));
+        for i in 0..3 {
+            raw::store_slot(&pmem, 8, i, rec(i));
+        }
         raw::store_head(&pmem, 3);
         assert_eq!(c.pending().unwrap(), 3);
         raw::store_head(&pmem, 2);
@@ -468,6 +581,16 @@ mod tests {
                 ..
             })
         ));
+        // The same checks on an empty poll.
+        let mut out = [IoRec::default(); 8];
+        assert_eq!(c.pop(&mut out).unwrap().0, 3);
+        raw::store_head(&pmem, 3 + 9);
+        assert!(matches!(
+            c.pop(&mut out),
+            Err(Error::BadCount { now: 12, .. })
+        ));
+        raw::store_head(&pmem, u64::MAX);
+        assert!(matches!(c.pop(&mut out), Err(Error::BadCount { .. })));
 
         // And a hostile consumer moving the tail past our head.
         let pmem2 = create_producer_memory(8).unwrap();
@@ -484,6 +607,109 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn stamps_from_a_hostile_producer() {
+        let (pmem, mut c) = victim(8);
+        let mut out = [IoRec::default(); 32];
+        // A head published over unstamped slots is refused, by a wait and by a poll.
+        {
+            let (pmem, mut c) = victim(8);
+            raw::store_head(&pmem, 2);
+            let unstamped = |r: Result<bool, Error>| {
+                matches!(
+                    r,
+                    Err(Error::BadStamp {
+                        seq: 0,
+                        head: 2,
+                        found: 0,
+                        expected: 1
+                    })
+                )
+            };
+            assert!(unstamped(c.ready()));
+            assert!(unstamped(c.pop(&mut out).map(|(n, _)| n > 0)));
+            assert!(c.pending().is_err());
+        }
+        // A stamp of the wrong lap or a random one is not an IOrec.
+        raw::store_stamp(&pmem, 8, 0, raw::stamp_of(0).wrapping_sub(8));
+        assert_eq!(c.pop(&mut out).unwrap().0, 0);
+        raw::store_stamp(&pmem, 8, 0, 0xdead_beef);
+        assert_eq!(c.pop(&mut out).unwrap().0, 0);
+        // A stamp further on without the ones before it is not read either.
+        raw::store_slot(&pmem, 8, 1, rec(1));
+        assert_eq!(c.pop(&mut out).unwrap().0, 0);
+        // A forged stamp over junk is read (once, as a copy without the stamp): the
+        // receiver's validation refuses the junk.
+        let junk = IoRec::from_extents(u64::MAX, &[Extent::new(u32::MAX, u32::MAX)]).unwrap();
+        raw::store_slot(&pmem, 8, 0, junk);
+        assert_eq!(c.pop(&mut out).unwrap().0, 2);
+        assert_eq!(out[0], junk);
+        assert!(out[0].validate(1 << 20).is_err());
+        assert_eq!(out[1], rec(1));
+        // Slots stamped before the head is published are taken (an honest producer's
+        // head lags its stamps); a head that lags by more than the ring is a lie.
+        for i in 2..10 {
+            raw::store_slot(&pmem, 8, i, rec(i));
+        }
+        assert_eq!(c.pop(&mut out).unwrap().0, 8);
+        assert_eq!(c.tail(), 10);
+        raw::store_head(&pmem, 2);
+        assert!(!c.ready().unwrap(), "head 2 trails tail 10 by 8: allowed");
+        raw::store_slot(&pmem, 8, 10, rec(10));
+        assert_eq!(c.pop(&mut out).unwrap().0, 1);
+        assert!(
+            matches!(
+                c.ready(),
+                Err(Error::BadCount {
+                    which: "head",
+                    now: 2,
+                    ..
+                })
+            ),
+            "head 2 trails tail 11 by 9"
+        );
+        // Never more than one lap in one pop: slot `tail + slots` is slot `tail`, whose
+        // stamp cannot be both.
+        let (pmem, mut c) = victim(4);
+        for i in 0..4 {
+            raw::store_slot(&pmem, 4, i, rec(i));
+        }
+        assert_eq!(c.pop(&mut out).unwrap().0, 4);
+        assert_eq!(c.pop(&mut out).unwrap().0, 0);
+    }
+
+    #[test]
+    fn two_threads_stream_in_order() {
+        const N: u64 = 200_000;
+        let (mut p, mut c) = pair(16).unwrap();
+        let producer = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let mut batch = Vec::new();
+            while sent < N {
+                let want = ((sent % 23) + 1).min(N - sent);
+                batch.clear();
+                batch.extend((sent..sent + want).map(rec));
+                let (n, _) = p.push(&batch).unwrap();
+                sent += n as u64;
+                if n == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let mut out = [IoRec::default(); 32];
+        let mut got = 0u64;
+        while got < N {
+            let want = (got % 29 + 1) as usize;
+            let (m, _) = c.pop(&mut out[..want]).unwrap();
+            for r in &out[..m] {
+                assert_eq!(*r, rec(got));
+                got += 1;
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(c.pending().unwrap(), 0);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! This module and `area.rs`'s byte views are where the crate's `unsafe` lives: `mmap`,
 //! `munmap` and raw accesses into mappings that another process (or a device) may write at
 //! any time. Nothing outside hands out a Rust reference into such memory except
-//! `AtomicU64`s (atomic access is sound under concurrent writes) and the explicitly
-//! `unsafe` byte views of [`crate::DataArea`].
+//! `AtomicU64`s and `AtomicU32`s (atomic access is sound under concurrent writes) and the
+//! explicitly `unsafe` byte views of [`crate::DataArea`].
 //!
 //! Write protection of a receiver's view is enforced by the kernel, twice:
 //! - the receiver gets a file descriptor opened `O_RDONLY` (a re-open through
@@ -20,7 +20,7 @@
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -216,6 +216,18 @@ impl Region {
         // SAFETY: in bounds and aligned (checked above); the mapping lives as long as
         // `self`; `AtomicU64` tolerates concurrent writes by other processes.
         unsafe { &*(self.ptr.as_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    /// The 32-bit atomic word at `offset` (4-byte aligned, inside the region); the same
+    /// rules as [`Region::atomic_u64`] (aligned 4-byte loads are plain `mov`s too).
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "atomic_u32 at {offset}"
+        );
+        // SAFETY: in bounds and aligned (checked above); the mapping lives as long as
+        // `self`; `AtomicU32` tolerates concurrent writes by other processes.
+        unsafe { &*(self.ptr.as_ptr().add(offset) as *const AtomicU32) }
     }
 
     /// Loads the 64-bit word at `offset` (8-byte aligned) with `order`.

@@ -17,7 +17,8 @@ const SLOTS: usize = 256;
 const STREAM: u64 = 1_000_000;
 const AREA_BYTES: usize = 8 << 20;
 const SLOT_BYTES: u32 = 2048;
-/// Forged returns the hostile receiver sends before it corrupts its head count.
+/// Forged returns the hostile receiver sends before it corrupts its head count, and junk
+/// IOrecs the hostile originator sends before it forges stamps and counts.
 const HOSTILE_IORECS: u64 = 40;
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
@@ -261,15 +262,29 @@ fn child_hostile_receiver(sock: &Path) {
     }
 }
 
-/// A hostile TMM originator (master): sends random IOrecs and random head counts.
+/// A hostile TMM originator (master): sends random IOrecs through the ring (properly
+/// stamped), then forges stamps, slots and head counts.
 fn child_hostile_originator(sock: &Path) {
     let area = Arc::new(DataArea::create(1 << 20, PagePolicy::Shmem).unwrap());
     let mut master = connect_retry(sock, Config::originator(Mode::Tmm, SLOTS, area.clone()), 0)
         .into_master()
         .unwrap();
-    let (out_memory, _) = master.link().own_memory();
     let mut rng = 0xfeed_f00du64;
+    // Phase 1: junk IOrecs, pushed past the master's checks; wait until all are taken.
+    let junk: Vec<IoRec> = (0..HOSTILE_IORECS)
+        .map(|_| {
+            rng = mix(rng);
+            IoRec::from_extents(rng, &[Extent::new(rng as u32, (rng >> 40) as u32)]).unwrap()
+        })
+        .collect();
+    assert_eq!(master.link().push(&junk).unwrap(), junk.len());
+    assert!(master.link().wait_space(SLOTS, WAIT).unwrap());
+    // Phase 2: random stamps, stamped random slots, random heads.
+    let (out_memory, _) = master.link().own_memory();
     for i in 0..4000u64 {
+        if i % 16 == 5 {
+            raw::store_stamp(out_memory, SLOTS, i, rng as u32);
+        }
         rng = mix(rng);
         if i % 4 == 0 {
             raw::store_head(out_memory, rng % 1024);
@@ -655,11 +670,11 @@ fn hostile_receiver_is_evicted() {
         match master.recv(&mut pool, &mut recs) {
             Ok(n) => recs[..n].iter().for_each(|r| pool.free(r.tag() as u32)),
             // Reported, counted, survived: keep going until the peer is evicted.
-            Err(Error::BadCount { .. } | Error::BadIoRec(_)) => {}
+            Err(Error::BadCount { .. } | Error::BadStamp { .. } | Error::BadIoRec(_)) => {}
             Err(e) => break e,
         }
         match master.link().wait_incoming(Some(Duration::from_millis(50))) {
-            Ok(_) | Err(Error::BadCount { .. }) => {}
+            Ok(_) | Err(Error::BadCount { .. } | Error::BadStamp { .. }) => {}
             Err(e) => break e,
         }
     };
@@ -695,7 +710,7 @@ fn hostile_originator_is_evicted() {
         .unwrap()
         .into_peer()
         .unwrap();
-    peer.link().set_max_errors(30);
+    peer.link().set_max_errors(60);
     let mut recs = [IoRec::default(); 32];
     let mut good = 0u64;
     let err = loop {
@@ -708,20 +723,27 @@ fn hostile_originator_is_evicted() {
                     good += 1;
                 }
             }
-            Err(Error::BadCount { .. } | Error::BadIoRec(_)) => {}
+            Err(Error::BadCount { .. } | Error::BadStamp { .. } | Error::BadIoRec(_)) => {}
             Err(e) => break e,
         }
         match peer.link().wait_incoming(Some(Duration::from_millis(20))) {
-            Ok(_) | Err(Error::BadCount { .. }) => {}
+            Ok(_) | Err(Error::BadCount { .. } | Error::BadStamp { .. }) => {}
             Err(e) => break e,
         }
     };
     let st = peer.link().stats();
     assert!(
-        matches!(err, Error::PeerEvicted { errors: 31, .. }),
+        matches!(err, Error::PeerEvicted { errors: 61, .. }),
         "{err}"
     );
-    assert_eq!(st.bad_iorecs + st.bad_counts, 31);
+    assert_eq!(st.bad_iorecs + st.bad_counts, 61);
+    // Every junk IOrec of phase 1 was read and validated; phase 2's forged stamps may
+    // have made the victim read more junk before a forged count evicted the hostile.
+    assert!(
+        st.bad_iorecs + good >= HOSTILE_IORECS,
+        "{st:?}, {good} valid"
+    );
+    assert!(st.bad_counts >= 1, "{st:?}");
     child.kill().unwrap();
     child.wait().unwrap();
     println!(
