@@ -53,5 +53,5 @@ fn main() {
     );
     let table = report.table();
     assert!(table.contains("rbuf_vs_smoltcp_loopback"), "{table}");
-    println!("test bench_tcp_smoke ... ok\n{table}");
+    println!("test bench_tcp_smoke ... ok\n{table}{json}");
 }

@@ -277,3 +277,106 @@ fn stacks_over_nic_shaped_ports_rmm_receive() {
         other.nics.copied
     );
 }
+
+// ---------- DHCPv4: a lease from a minimal server on stack B ----------
+
+const LEASED: netstack::smoltcp::wire::Ipv4Address =
+    netstack::smoltcp::wire::Ipv4Address::new(10, 0, 0, 50);
+
+/// B with a DHCP server that offers [`LEASED`] to any client (router: B itself).
+struct DhcpServer<D: netstack::smoltcp::phy::Device> {
+    server: Server<D>,
+    udp: netstack::smoltcp::iface::SocketHandle,
+    acks: u32,
+}
+
+impl<D: netstack::smoltcp::phy::Device> Other for DhcpServer<D> {
+    fn step(&mut self) -> Result<bool, netstack::Error> {
+        use netstack::smoltcp::socket::udp;
+        use netstack::smoltcp::wire::{
+            DhcpMessageType, DhcpPacket, DhcpRepr, IpEndpoint, Ipv4Address,
+        };
+        let mut did = self.server.step()?;
+        let s = self.server.stack.sockets().get_mut::<udp::Socket>(self.udp);
+        let mut buf = [0u8; 1500];
+        while let Ok((n, _)) = s.recv_slice(&mut buf) {
+            let pkt = DhcpPacket::new_checked(&buf[..n]).unwrap();
+            let req = DhcpRepr::parse(&pkt).unwrap();
+            let reply_type = match req.message_type {
+                DhcpMessageType::Discover => DhcpMessageType::Offer,
+                DhcpMessageType::Request => {
+                    assert_eq!(req.requested_ip, Some(LEASED));
+                    self.acks += 1;
+                    DhcpMessageType::Ack
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            let reply = DhcpRepr {
+                message_type: reply_type,
+                transaction_id: req.transaction_id,
+                secs: 0,
+                client_hardware_address: req.client_hardware_address,
+                client_ip: Ipv4Address::UNSPECIFIED,
+                your_ip: LEASED,
+                server_ip: ip4(2),
+                router: Some(ip4(2)),
+                subnet_mask: Some(Ipv4Address::new(255, 255, 255, 0)),
+                relay_agent_ip: Ipv4Address::UNSPECIFIED,
+                broadcast: false,
+                requested_ip: None,
+                client_identifier: None,
+                server_identifier: Some(ip4(2)),
+                parameter_request_list: None,
+                dns_servers: None,
+                max_size: None,
+                lease_duration: Some(3600),
+                renew_duration: None,
+                rebind_duration: None,
+                additional_options: &[],
+            };
+            let mut out = vec![0u8; reply.buffer_len()];
+            reply
+                .emit(&mut DhcpPacket::new_unchecked(&mut out[..]))
+                .unwrap();
+            let to = IpEndpoint::new(Ipv4Address::BROADCAST.into(), 68);
+            s.send_slice(&out, to).unwrap();
+            did = true;
+        }
+        Ok(did)
+    }
+
+    fn runs_elsewhere(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn dhcp_lease_is_taken_and_used() {
+    use netstack::Ipv4Setup;
+    use netstack::smoltcp::socket::udp;
+    let (ea, eb) = wire::pair(&wire_config(), &wire_config()).unwrap();
+    let mut cfg = stack_config(1);
+    cfg.ipv4 = Ipv4Setup::Dhcp;
+    cfg.ipv6 = None;
+    let mut a = Stack::new(ea.into_device(RxAccess::Borrow), &cfg).unwrap();
+    assert_eq!(a.ipv4_addr(), None);
+    let mut b = Stack::new(eb.into_device(RxAccess::Borrow), &stack_config(2)).unwrap();
+    let udp = b.add_udp_socket(8, 8 * 1500);
+    b.sockets().get_mut::<udp::Socket>(udp).bind(67).unwrap();
+    let mut other = DhcpServer {
+        server: Server::new(b),
+        udp,
+        acks: 0,
+    };
+    let start = Instant::now();
+    while a.ipv4_addr().is_none() {
+        a.poll().unwrap();
+        other.step().unwrap();
+        assert!(start.elapsed().as_secs() < 30, "no lease");
+    }
+    assert_eq!(a.ipv4_addr(), Some(LEASED));
+    assert_eq!(other.acks, 1);
+    // The leased address works: B answers pings to it and A reaches B through it.
+    assert_eq!(ping(&mut a, &mut other, IpAddress::Ipv4(ip4(2)), 3), 3);
+    assert_eq!(udp_echo(&mut a, &mut other, 100, 16), 100);
+}
