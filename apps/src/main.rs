@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rbufnic::bench::ipc::{self, IpcParams, IpcReport};
+use rbufnic::bench::tcp::{self as bench_tcp, TcpArgs, TcpChildArgs};
 
 mod cli;
 mod cmd_bind;
@@ -56,6 +57,9 @@ enum Command {
     /// Benchmarks that compare rbuf against peers measured in the same run.
     #[command(subcommand)]
     Bench(Bench),
+    /// Internal: the second process of `bench tcp`.
+    #[command(name = "__bench-tcp-child", hide = true)]
+    BenchTcpChild(TcpChildArgs),
     /// Internal: the second process of a benchmark.
     #[command(name = "__bench-child", hide = true)]
     BenchChild {
@@ -86,6 +90,10 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "rate,latency,bulk")]
         only: Vec<Group>,
     },
+    /// TCP throughput: the project's stack over rbuf channels between two processes,
+    /// against Linux loopback TCP between two processes and smoltcp's own Loopback device
+    /// in one process; prints the ratios (--json for one JSON object).
+    Tcp(TcpArgs),
 }
 
 /// A group of `bench ipc` figures.
@@ -213,6 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(Bench::Tcp(args)) => bench_tcp::run(&args),
+        Command::BenchTcpChild(args) => bench_tcp::child(&args),
         Command::BenchChild {
             kind,
             socket,

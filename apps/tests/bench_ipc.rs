@@ -1,5 +1,5 @@
-//! `rbufnic bench ipc` end to end, small: every peer runs in a real second process and
-//! the JSON carries the figures and the ratios scripts check.
+//! `rbufnic bench ipc` and `bench tcp` end to end, small: every peer runs in a real second
+//! process and the JSON carries the figures and the ratios scripts check.
 
 use std::process::Command;
 
@@ -61,4 +61,28 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
         .filter(|n| n.starts_with("iox2_rbufnic-bench"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `rbufnic bench tcp` through the command line (the child is the hidden
+/// `__bench-tcp-child` subcommand): the JSON holds both ratios and every figure.
+#[test]
+fn bench_tcp_json_has_both_ratios() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rbufnic"))
+        .args(["bench", "tcp", "--json", "--mib", "8"])
+        .output()
+        .expect("run rbufnic");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["bytes"].as_u64(), Some(8 << 20), "{v}");
+    for key in ["rbuf_vs_linux_loopback", "rbuf_vs_smoltcp_loopback"] {
+        let r = v["ratios"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("ratio {key} in {v}"));
+        assert!(r.is_finite() && r > 0.0, "{key} = {r}");
+    }
+    for peer in ["rbuf", "linux_loopback", "smoltcp_loopback"] {
+        let t = v["throughput_bytes_per_s"][peer].as_f64().unwrap_or(0.0);
+        assert!(t > 0.0, "{peer} in {v}");
+    }
 }
