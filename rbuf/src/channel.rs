@@ -15,11 +15,18 @@
 //! which it checks against the data area, and sends IOrecs. The same types serve a channel
 //! within one process and between two processes (see [`crate::connect`]).
 //!
+//! In TMM a receiver that is done with buffers in the order it received them can return
+//! them all with one *run return* ([`Peer::release`]: "the oldest `n` buffers you lent
+//! me") instead of echoing each IOrec: one ring slot, one cache line, for a whole batch.
+//! The master keeps the order it lent buffers in, and checks that a run never names
+//! more buffers than the peer holds.
+//!
 //! A peer that breaks the protocol (an IOrec that fails validation, a count that goes
 //! backwards or past the ring) is counted; past [`Link::set_max_errors`] (default: none
 //! tolerated) it is evicted: the connection is shut down, every later call returns
 //! [`Error::PeerEvicted`], and a master takes back everything it had lent.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +36,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use crate::event::Doorbell;
 use crate::pool::{BufId, LendSet, Pool};
 use crate::ring::{Consumer, Producer};
-use crate::{DataArea, Error, IoRec};
+use crate::{DataArea, Error, IoRec, IoRecError};
 
 /// Which side is master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,6 +438,16 @@ impl Link {
 pub struct Master {
     link: Link,
     lent: LendSet,
+    /// Buffers in the order they were lent, each with its lending number; an entry is
+    /// stale once the buffer came back (it is no longer lent, or lent again later).
+    order: VecDeque<(BufId, u64)>,
+    /// The lending number of each buffer's current lending to this peer.
+    lent_at: Vec<u64>,
+    /// Lendings so far.
+    lendings: u64,
+    /// Buffers that run returns gave back and `recv` has not handed out yet (still
+    /// counted as lent until then).
+    run_left: u64,
 }
 
 impl Master {
@@ -445,7 +462,64 @@ impl Master {
         Ok(Master {
             link,
             lent: LendSet::new(pool_capacity),
+            order: VecDeque::with_capacity(pool_capacity),
+            lent_at: vec![0; pool_capacity],
+            lendings: 0,
+            run_left: 0,
         })
+    }
+
+    /// Records that `recs` were lent, in this order (for run returns).
+    fn record_order(&mut self, recs: &[IoRec]) {
+        if self.link.mode != Mode::Tmm {
+            return;
+        }
+        for rec in recs {
+            let id = rec.tag() as BufId;
+            self.lendings += 1;
+            self.lent_at[id as usize] = self.lendings;
+            self.order.push_back((id, self.lendings));
+        }
+        // Stale entries (buffers returned one by one) are dropped at the front as runs
+        // pass them; drop them everywhere once they outnumber the live ones.
+        if self.order.len() > 2 * self.lent_at.len() + 64 {
+            let (lent, lent_at) = (&self.lent, &self.lent_at);
+            self.order
+                .retain(|&(id, n)| lent.contains(id) && lent_at[id as usize] == n);
+        }
+    }
+
+    /// Hands out up to `out.len()` buffers of pending run returns, oldest lending first.
+    /// Fails only when the peer is evicted (then it has freed what it handed out).
+    fn deliver_run(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
+        let mut w = 0;
+        while self.run_left > 0 && w < out.len() {
+            let Some((id, n)) = self.order.pop_front() else {
+                // Only after the peer returned one by one buffers its run had covered.
+                let count = std::mem::take(&mut self.run_left);
+                let e = IoRecError::RunTooLong {
+                    count,
+                    held: self.lent.len(),
+                };
+                if let err @ Error::PeerEvicted { .. } = self.link.violation(e.into()) {
+                    for rec in &out[..w] {
+                        pool.free(rec.tag() as BufId);
+                    }
+                    return Err(err);
+                }
+                break;
+            };
+            if !(self.lent.contains(id) && self.lent_at[id as usize] == n) {
+                continue;
+            }
+            let rec = pool.iorec(id);
+            pool.take_back(&rec, &mut self.lent)
+                .expect("a live entry of the lending order names a buffer lent to the peer");
+            out[w] = rec;
+            w += 1;
+            self.run_left -= 1;
+        }
+        Ok(w)
     }
 
     /// The underlying link (stats, waiting, doorbell).
@@ -501,20 +575,46 @@ impl Master {
         for undo in &recs[n..] {
             pool.unlend(undo.tag() as BufId, &mut self.lent);
         }
+        self.record_order(&recs[..n]);
         Ok(n)
     }
 
     /// Receives buffers coming back from the peer (TMM: done; RMM: filled), validated:
     /// each must name a buffer lent to this peer, extents inside it. The master holds
-    /// the returned buffers (free them with [`Pool::free`] or send them again).
+    /// the returned buffers (free them with [`Pool::free`] or send them again). Buffers
+    /// given back by a run return come back as whole buffers ([`Pool::iorec`]).
     pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
-        let n = self.link.pop(out).map_err(|e| self.fail(pool, e, true))?;
-        let mut kept = 0;
+        let mut kept = self
+            .deliver_run(pool, out)
+            .map_err(|e| self.fail(pool, e, false))?;
+        if kept == out.len() {
+            return Ok(kept);
+        }
+        let n = self
+            .link
+            .pop(&mut out[kept..])
+            .map_err(|e| self.fail(pool, e, true))?;
         let mut fatal = None;
-        for i in 0..n {
+        let popped = kept..kept + n;
+        for i in popped {
             let rec = out[i];
-            match pool.take_back(&rec, &mut self.lent) {
-                Ok(_) => {
+            let taken = match rec.run_len() {
+                Some(count) if self.link.mode == Mode::Tmm => {
+                    let pending = self.run_left.saturating_add(count);
+                    if pending > self.lent.len() as u64 {
+                        Err(IoRecError::RunTooLong {
+                            count: pending,
+                            held: self.lent.len(),
+                        })
+                    } else {
+                        self.run_left = pending;
+                        continue;
+                    }
+                }
+                _ => pool.take_back(&rec, &mut self.lent).map(|_| ()),
+            };
+            match taken {
+                Ok(()) => {
                     out[kept] = rec;
                     kept += 1;
                 }
@@ -524,6 +624,13 @@ impl Master {
                         break;
                     }
                 }
+            }
+        }
+        if fatal.is_none() {
+            // Runs received in this batch: their buffers fill what room is left.
+            match self.deliver_run(pool, &mut out[kept..]) {
+                Ok(w) => kept += w,
+                Err(err) => fatal = Some(err),
             }
         }
         if let Some(err) = fatal {
@@ -572,6 +679,8 @@ impl Master {
     /// are received (it then returns [`Error::PeerGone`]), and any call on an evicted one;
     /// after a [`Link`] wait reports the peer gone, keep calling `recv` or call this.
     pub fn reclaim_all(&mut self, pool: &mut Pool) -> usize {
+        self.order.clear();
+        self.run_left = 0;
         pool.reclaim(&mut self.lent)
     }
 }
@@ -632,5 +741,166 @@ impl Peer {
     /// Sends IOrecs to the master; returns how many fit.
     pub fn send(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
         self.link.push(recs)
+    }
+
+    /// Returns the oldest `n` buffers the master lent us and we have not returned yet
+    /// (TMM only), with one ring slot instead of `n`; returns whether it fit.
+    pub fn release(&mut self, n: u64) -> Result<bool, Error> {
+        if self.link.mode != Mode::Tmm {
+            return Err(Error::RunInRmm);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        Ok(self.link.push(&[IoRec::run_return(n)])? == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::pair;
+    use crate::{Extent, PagePolicy};
+
+    fn tmm(slots: usize, pool_slots: usize) -> (Master, Peer, Pool) {
+        let area = Arc::new(DataArea::create(pool_slots * 256, PagePolicy::Shmem).unwrap());
+        let pool = Pool::slots(area.len(), 256);
+        let (o, r) = pair(Mode::Tmm, slots, area, pool.capacity()).unwrap();
+        (o.into_master().unwrap(), r.into_peer().unwrap(), pool)
+    }
+
+    /// Sends `n` fresh buffers; returns their ids in order.
+    fn send_n(master: &mut Master, pool: &mut Pool, n: usize) -> Vec<BufId> {
+        let recs: Vec<IoRec> = (0..n)
+            .map(|_| {
+                let id = pool.alloc(64).unwrap();
+                IoRec::single(u64::from(id), Extent::new(pool.extent(id).offset(), 64))
+            })
+            .collect();
+        assert_eq!(master.send(pool, &recs).unwrap(), n);
+        recs.iter().map(|r| r.tag() as BufId).collect()
+    }
+
+    fn recv_all(master: &mut Master, pool: &mut Pool, room: usize) -> Vec<BufId> {
+        let mut out = vec![IoRec::default(); room];
+        let mut ids = Vec::new();
+        loop {
+            let n = master.recv(pool, &mut out).unwrap();
+            ids.extend(out[..n].iter().map(|r| r.tag() as BufId));
+            if n == 0 {
+                return ids;
+            }
+        }
+    }
+
+    #[test]
+    fn run_returns_give_back_the_oldest_in_order() {
+        let (mut master, mut peer, mut pool) = tmm(16, 64);
+        let sent = send_n(&mut master, &mut pool, 10);
+        let mut got = [IoRec::default(); 16];
+        assert_eq!(peer.recv(&mut got).unwrap(), 10);
+        // The peer returns #3 on its own, then a run of 4 (#0, #1, #2, #4), then #9, then
+        // a run of the remaining 4; the master hands them out a few at a time.
+        assert_eq!(peer.send(&[got[3]]).unwrap(), 1);
+        assert!(peer.release(4).unwrap());
+        assert_eq!(peer.send(&[got[9]]).unwrap(), 1);
+        assert!(peer.release(4).unwrap());
+        let back = recv_all(&mut master, &mut pool, 3);
+        let want: Vec<BufId> = [3, 9, 0, 1, 2, 4, 5, 6, 7, 8]
+            .iter()
+            .map(|&i| sent[i])
+            .collect();
+        let mut sorted_back = back.clone();
+        sorted_back.sort_unstable();
+        let mut sorted_want = want.clone();
+        sorted_want.sort_unstable();
+        assert_eq!(sorted_back, sorted_want, "{back:?}");
+        assert!(master.lent().is_empty());
+        for id in back {
+            pool.free(id);
+        }
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
+        // Buffers sent again after coming back are ordered by their new lending.
+        let again = send_n(&mut master, &mut pool, 3);
+        assert_eq!(peer.recv(&mut got).unwrap(), 3);
+        assert!(peer.release(2).unwrap());
+        assert_eq!(recv_all(&mut master, &mut pool, 8), again[..2].to_vec());
+        assert_eq!(master.lent().len(), 1);
+        assert_eq!(master.link().stats().bad_iorecs, 0);
+    }
+
+    #[test]
+    fn run_returns_are_checked() {
+        let (mut master, mut peer, mut pool) = tmm(16, 64);
+        master.link().set_max_errors(10);
+        send_n(&mut master, &mut pool, 4);
+        let mut got = [IoRec::default(); 16];
+        assert_eq!(peer.recv(&mut got).unwrap(), 4);
+        // More than the peer holds: refused, nothing taken back.
+        assert!(peer.release(5).unwrap());
+        let mut out = [IoRec::default(); 8];
+        assert_eq!(master.recv(&mut pool, &mut out).unwrap(), 0);
+        assert_eq!(master.link().stats().bad_iorecs, 1);
+        assert_eq!(master.lent().len(), 4);
+        // A run of 3, then the peer returns one by one two of the three it covered: those
+        // go through (they name lent buffers), the run takes #2 and #3 and then finds
+        // nothing more lent: refused. Nothing is taken twice.
+        assert!(peer.release(3).unwrap());
+        assert_eq!(peer.send(&got[..2]).unwrap(), 2);
+        assert_eq!(master.recv(&mut pool, &mut out).unwrap(), 4);
+        assert_eq!(master.link().stats().bad_iorecs, 2);
+        assert!(master.lent().is_empty());
+        // A run when nothing is lent at all.
+        assert!(peer.release(u64::MAX).unwrap());
+        assert_eq!(master.recv(&mut pool, &mut out[4..]).unwrap(), 0);
+        assert_eq!(master.link().stats().bad_iorecs, 3);
+        for rec in &out[..4] {
+            pool.free(rec.tag() as BufId);
+        }
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
+    }
+
+    #[test]
+    fn run_returns_are_tmm_only() {
+        let area = Arc::new(DataArea::create(64 * 256, PagePolicy::Shmem).unwrap());
+        let mut pool = Pool::slots(area.len(), 256);
+        let (o, r) = pair(Mode::Rmm, 16, area, pool.capacity()).unwrap();
+        let (mut master, mut peer) = (r.into_master().unwrap(), o.into_peer().unwrap());
+        assert!(matches!(peer.release(1), Err(Error::RunInRmm)));
+        let id = pool.alloc(64).unwrap();
+        let rec = pool.iorec(id);
+        assert_eq!(master.send(&mut pool, &[rec]).unwrap(), 1);
+        // A forged one is an IOrec with too many extents to an RMM master.
+        assert_eq!(peer.send(&[IoRec::run_return(1)]).unwrap(), 1);
+        let mut out = [IoRec::default(); 4];
+        assert!(matches!(
+            master.recv(&mut pool, &mut out),
+            Err(Error::PeerEvicted { .. })
+        ));
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
+    }
+
+    #[test]
+    fn the_lending_order_stays_bounded() {
+        let (mut master, mut peer, mut pool) = tmm(64, 8);
+        let mut got = [IoRec::default(); 8];
+        for _ in 0..1000 {
+            send_n(&mut master, &mut pool, 8);
+            assert_eq!(peer.recv(&mut got).unwrap(), 8);
+            // Returned one by one, so every entry goes stale.
+            assert_eq!(peer.send(&got).unwrap(), 8);
+            for id in recv_all(&mut master, &mut pool, 8) {
+                pool.free(id);
+            }
+        }
+        assert!(
+            master.order.len() <= 2 * 8 + 64 + 8,
+            "{}",
+            master.order.len()
+        );
+        send_n(&mut master, &mut pool, 8);
+        assert_eq!(peer.recv(&mut got).unwrap(), 8);
+        assert!(peer.release(8).unwrap());
+        assert_eq!(recv_all(&mut master, &mut pool, 8).len(), 8);
     }
 }

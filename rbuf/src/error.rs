@@ -45,6 +45,14 @@ pub enum IoRecError {
         /// The buffer id.
         tag: u64,
     },
+    /// A run return names more buffers than the peer holds.
+    #[error("run return of {count} buffers, but the peer holds only {held}")]
+    RunTooLong {
+        /// Buffers the run returns (with those of earlier runs not yet received).
+        count: u64,
+        /// Buffers lent to the peer.
+        held: usize,
+    },
     /// A returned extent does not lie inside the buffer the master lent.
     #[error("extent {index} ({offset:#x}+{len_bytes}) outside lent buffer {tag:#x}")]
     OutsideBuffer {
@@ -122,6 +130,9 @@ pub enum Error {
         /// The stamp the slot should hold.
         expected: u32,
     },
+    /// Run returns exist only in TMM (an RMM master needs each buffer's filled length).
+    #[error("run returns are for TMM channels only")]
+    RunInRmm,
     /// The master's pool has no free buffer.
     #[error("pool exhausted")]
     PoolExhausted,

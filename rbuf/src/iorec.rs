@@ -65,6 +65,10 @@ impl std::fmt::Debug for Extent {
     }
 }
 
+/// The extent count that marks a *run return* (never a valid count): "the oldest `tag`
+/// buffers lent to me" (see [`crate::channel::Peer::release`]).
+const RUN_COUNT: u16 = u16::MAX;
+
 /// Offset of the `reserved` word, which a ring slot uses as its sequence stamp
 /// (see [`crate::ring`]).
 pub(crate) const STAMP_OFFSET: usize = 4;
@@ -180,6 +184,23 @@ impl IoRec {
     pub fn extents_mut(&mut self) -> &mut [Extent] {
         let n = usize::from(self.raw_count()).min(MAX_EXTENTS);
         &mut self.extents[..n]
+    }
+
+    /// A run return of `n` buffers: the oldest `n` the master lent to the peer and it has
+    /// not returned yet, in the order the master sent them (TMM only).
+    pub const fn run_return(n: u64) -> IoRec {
+        let mut rec = IoRec::new(n);
+        rec.count = RUN_COUNT.to_le();
+        rec
+    }
+
+    /// How many buffers this IOrec returns if it is a run return.
+    pub const fn run_len(&self) -> Option<u64> {
+        if self.raw_count() == RUN_COUNT {
+            Some(self.tag())
+        } else {
+            None
+        }
     }
 
     /// The words a ring slot holds besides its stamp.
@@ -319,6 +340,14 @@ mod tests {
         );
         assert_eq!(forged.extents().len(), MAX_EXTENTS);
         assert_eq!(IoRec::new(0).validate(4096), Err(IoRecError::NoExtent));
+        // A run return is never a valid IOrec to a receiver.
+        let run = IoRec::run_return(5);
+        assert_eq!(run.run_len(), Some(5));
+        assert_eq!(good.run_len(), None);
+        assert!(matches!(
+            run.validate(4096),
+            Err(IoRecError::TooManyExtents { .. })
+        ));
         let mut full = IoRec::new(0);
         for i in 0..MAX_EXTENTS as u32 {
             full.push(Extent::new(i, 1)).unwrap();

@@ -261,7 +261,8 @@ fn rbuf_rate(s: &mut Session, messages: u64, batch: usize) -> Result<f64> {
 }
 
 /// The receiving side of every rbuf measurement: receives up to `batch` IOrecs at a
-/// time, reads every byte of each, returns them all, until the originator leaves.
+/// time, reads every byte of each, returns them all (a batch with one run return, as a
+/// TMM receiver done with them in order does), until the originator leaves.
 /// Waits with `spins` polls before sleeping on the doorbell (0: sleep at once).
 fn child_rbuf_echo(sock: &Path, slots: usize, batch: usize, spins: u32) -> Result<()> {
     let mut peer = connect_peer(sock, slots)?;
@@ -283,9 +284,17 @@ fn child_rbuf_echo(sock: &Path, slots: usize, batch: usize, spins: u32) -> Resul
             // SAFETY: the originator does not touch a buffer it lent until we return it.
             sum = read_all(unsafe { peer.area().bytes(rec.extents()[0]) }?).wrapping_add(sum);
         }
-        let mut done = 0;
-        while done < n {
-            done += peer.send(&recs[done..n])?;
+        // Done with all of them, in the order they came: one run return gives a batch
+        // back in one ring slot; a single IOrec goes back as itself (as cheap, and the
+        // master has less to look up).
+        if n == 1 {
+            while peer.send(&recs[..1])? == 0 {
+                std::hint::spin_loop();
+            }
+        } else {
+            while !peer.release(n as u64)? {
+                std::hint::spin_loop();
+            }
         }
     }
     println!("{sum}");
