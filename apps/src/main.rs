@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Forward frames between two e1000 ports (bound to vfio-pci), both directions,
+    /// Forward frames between two ports (e1000 or virtio-net, bound to vfio-pci), both directions,
     /// without copying: one data area serves A's receive and B's transmit and the reverse.
     /// Prints a statistics line every second to stderr and a summary at the end.
     Fwd(cmd_fwd::FwdArgs),
