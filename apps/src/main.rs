@@ -112,8 +112,9 @@ struct IpcArgs {
     /// 64-byte messages sent per message-rate peer.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
-    /// Timed ping-pong round trips per latency peer (after a tenth as many, at most 10,000,
-    /// untimed warm-up ones).
+    /// Timed ping-pong round trips per latency peer, in three rounds that take turns with
+    /// the other peers (each round after a tenth as many, at most 10,000, untimed warm-up
+    /// ones).
     #[arg(long, default_value_t = 100_000)]
     iters: u64,
     /// MiB moved per bulk peer, in 1 MiB messages.

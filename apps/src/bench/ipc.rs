@@ -68,6 +68,8 @@ fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
 }
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Turns the latency peers take (see [`run`]).
+const LATENCY_ROUNDS: u64 = 3;
 
 /// Latency figures in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -415,7 +417,7 @@ fn child_pipe_rate(messages: u64) -> Result<()> {
     Ok(())
 }
 
-fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> {
+fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Vec<u64>> {
     let kind = if blocking {
         "rbuf-pong-block"
     } else {
@@ -451,10 +453,10 @@ fn rbuf_latency(s: &mut Session, iters: u64, blocking: bool) -> Result<Latency> 
     }
     master.link().disconnect();
     finish(child)?;
-    Ok(latency(samples))
+    Ok(samples)
 }
 
-fn uds_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+fn uds_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     let (child, sock) = s.child("uds-pong", Stdio::null())?;
     let listener = unix_listener(&sock, SocketType::SEQPACKET)?;
     let conn = rustix::net::accept(&listener)?;
@@ -472,7 +474,7 @@ fn uds_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     }
     drop(conn);
     finish(child)?;
-    Ok(latency(samples))
+    Ok(samples)
 }
 
 fn child_uds_pong(sock: &Path) -> Result<()> {
@@ -489,7 +491,7 @@ fn child_uds_pong(sock: &Path) -> Result<()> {
 
 /// Two 64-bit words, each in its own region written by one process only: the physical
 /// limit of any shared-memory ping-pong (one cache line each way per round trip).
-fn bare_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+fn bare_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     let (child, sock) = s.child("bare-pong", Stdio::null())?;
     let (ping, pong, _conn) = exchange_regions(&sock, 4096)?;
     let mut samples = Vec::with_capacity(iters as usize);
@@ -504,7 +506,7 @@ fn bare_latency(s: &mut Session, iters: u64) -> Result<Latency> {
     }
     ping.store_u64(0, u64::MAX, Ordering::Release);
     finish(child)?;
-    Ok(latency(samples))
+    Ok(samples)
 }
 
 fn child_bare_pong(sock: &Path) -> Result<()> {
@@ -710,14 +712,14 @@ fn child_stream_bulk(sock: Option<&Path>, mib: u64) -> Result<()> {
 }
 
 /// iceoryx2 publish-subscribe ping-pong, busy-polling on both sides (its fastest mode).
-fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Latency> {
+fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     let service = format!("rbufnic-bench-{}-{}", std::process::id(), s.n + 1);
     let (child, _) = s.child(&format!("iceoryx2-pong:{service}"), Stdio::null())?;
     let samples = super::iceoryx::ping(&service, warmup(iters), iters);
     let out = finish(child);
     super::iceoryx::cleanup(&service);
     out?;
-    Ok(latency(samples?))
+    Ok(samples?)
 }
 
 /// One core reading a buffer much larger than the caches, in bytes per second.
@@ -749,16 +751,30 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     }
     let mut lat = Vec::new();
     if p.groups.latency {
-        progress("latency: rbuf busy-poll");
-        lat.push(("rbuf poll", rbuf_latency(&mut s, p.iters, false)?));
-        progress("latency: rbuf blocking");
-        lat.push(("rbuf blocking", rbuf_latency(&mut s, p.iters, true)?));
-        progress("latency: unix seqpacket");
-        lat.push(("unix seqpacket", uds_latency(&mut s, p.iters)?));
-        progress("latency: iceoryx2");
-        lat.push(("iceoryx2", iceoryx_latency(&mut s, p.iters)?));
-        progress("latency: bare cache line");
-        lat.push(("bare cache line", bare_latency(&mut s, p.iters)?));
+        // The peers take turns, a share of the round trips each per round, and each
+        // figure comes from all its rounds: where the host runs the two vCPUs drifts over
+        // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
+        type Peer = fn(&mut Session, u64) -> Result<Vec<u64>>;
+        let peers: [(&'static str, Peer); 5] = [
+            ("rbuf poll", |s, n| rbuf_latency(s, n, false)),
+            ("rbuf blocking", |s, n| rbuf_latency(s, n, true)),
+            ("unix seqpacket", uds_latency),
+            ("iceoryx2", iceoryx_latency),
+            ("bare cache line", bare_latency),
+        ];
+        let per_round = p.iters.div_ceil(LATENCY_ROUNDS);
+        let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+        for round in 1..=LATENCY_ROUNDS {
+            for ((name, peer), out) in peers.iter().zip(&mut samples) {
+                progress(&format!(
+                    "latency, round {round} of {LATENCY_ROUNDS}: {name}"
+                ));
+                out.extend(peer(&mut s, per_round)?);
+            }
+        }
+        for ((name, _), v) in peers.iter().zip(samples) {
+            lat.push((*name, latency(v)));
+        }
     }
     let mut bulk = Vec::new();
     if p.groups.bulk {
