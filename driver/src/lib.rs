@@ -15,6 +15,7 @@
 //! logs through `log`.
 
 mod any;
+mod areas;
 pub mod dma;
 pub mod e1000;
 #[cfg(test)]

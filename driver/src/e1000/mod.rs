@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 use rbuf::{DataArea, Extent, IoRec};
 
 use crate::Error;
-use crate::dma::{DmaAccess, DmaMapping, Iommu};
+use crate::areas::{Areas, Direction};
+use crate::dma::{DmaAccess, Iommu};
 use crate::mmio::{Bar, Regs};
 use crate::nic::{
     AreaId, Batch, IOREC_RX_ERROR, IOREC_RX_FRAGMENT, LinkStatus, MacAddr, Nic, Stats,
@@ -93,8 +94,7 @@ pub const SUPPORTED: [PciId; 4] = [
 
 /// Largest frame one IOrec may describe (SDM 3.3.3: 16288 bytes without TSO).
 pub const MAX_TX_FRAME_BYTES: u64 = 16288;
-/// At most this many data areas per NIC.
-pub const MAX_AREAS: usize = 64;
+pub use crate::areas::MAX_AREAS;
 
 /// Interrupt causes enabled in interrupt mode.
 pub(crate) const IMS_CAUSES: u32 = ICR_RXT0 | ICR_RXO | ICR_RXDMT0 | ICR_LSC | ICR_TXDW;
@@ -142,29 +142,6 @@ pub struct Identity {
     pub qemu: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
-    Rx,
-    Tx,
-}
-
-impl Direction {
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Rx => "RX",
-            Direction::Tx => "TX",
-        }
-    }
-}
-
-struct Area {
-    mapping: DmaMapping,
-    len_bytes: usize,
-    direction: Direction,
-    /// Descriptors (RX) or IOrecs (TX) in flight that point into the area.
-    in_flight: usize,
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct RxSlot {
     tag: u64,
@@ -194,7 +171,7 @@ pub struct E1000<R: Regs = Bar> {
     tx: DescRing,
     tx_idx: Indices,
     tx_shadow: Vec<Option<TxSlot>>,
-    areas: Vec<Option<Area>>,
+    areas: Areas,
     iommu: Arc<dyn Iommu>,
     identity: Identity,
     config: Config,
@@ -317,7 +294,7 @@ impl<R: Regs> E1000<R> {
             tx_idx: Indices::new(tx.size()),
             tx_shadow: vec![None; tx.size() as usize],
             tx,
-            areas: Vec::new(),
+            areas: Areas::default(),
             iommu,
             identity,
             config: config.clone(),
@@ -569,66 +546,17 @@ impl<R: Regs> E1000<R> {
 
     /// The IOVA at which a registered area starts (what descriptors point to).
     pub fn area_iova(&self, area: AreaId) -> Option<Iova> {
-        self.areas
-            .get(usize::from(area.0))?
-            .as_ref()
-            .map(|a| a.mapping.iova())
+        self.areas.iova(area)
     }
 
     /// Whether the device may write an area (RX) or only read it (TX).
     pub fn area_access(&self, area: AreaId) -> Option<DmaAccess> {
-        self.areas
-            .get(usize::from(area.0))?
-            .as_ref()
-            .map(|a| a.mapping.access())
+        self.areas.access(area)
     }
 
     /// Register file access (diagnostics and tests).
     pub fn regs(&self) -> &R {
         &self.regs
-    }
-
-    fn add_area(&mut self, area: &DataArea, direction: Direction) -> Result<AreaId, Error> {
-        let access = match direction {
-            Direction::Rx => DmaAccess::DeviceWrites,
-            Direction::Tx => DmaAccess::DeviceReads,
-        };
-        let slot = match self.areas.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.areas.len() < MAX_AREAS => {
-                self.areas.push(None);
-                self.areas.len() - 1
-            }
-            None => return Err(Error::TooManyAreas { max: MAX_AREAS }),
-        };
-        let mapping = DmaMapping::of_area(&self.iommu, area, access)?;
-        log::debug!(
-            "{} area {slot}: {} bytes at IOVA {} ({access:?})",
-            direction.name(),
-            area.len(),
-            mapping.iova()
-        );
-        self.areas[slot] = Some(Area {
-            mapping,
-            len_bytes: area.len(),
-            direction,
-            in_flight: 0,
-        });
-        Ok(AreaId(slot as u16))
-    }
-
-    fn area(&self, id: AreaId, direction: Direction) -> Result<&Area, Error> {
-        match self.areas.get(usize::from(id.0)) {
-            Some(Some(a)) if a.direction == direction => Ok(a),
-            _ => Err(Error::UnknownArea {
-                area: id,
-                direction: direction.name(),
-            }),
-        }
-    }
-
-    fn area_mut(&mut self, id: u16) -> Option<&mut Area> {
-        self.areas.get_mut(usize::from(id))?.as_mut()
     }
 
     fn publish_rx(&self) {
@@ -659,13 +587,7 @@ impl<R: Regs> E1000<R> {
             (self.tx.iova().0, u64::from(self.tx.len_bytes())),
         ]
         .into_iter()
-        .chain(
-            self.areas
-                .iter()
-                .flatten()
-                .filter(|a| a.mapping.access() == DmaAccess::DeviceWrites)
-                .map(|a| (a.mapping.iova().0, a.len_bytes as u64)),
-        );
+        .chain(self.areas.device_writable());
         for (start, bytes) in writable {
             if iova.0 < start + bytes && start < end {
                 return Err(Error::FaultInjection(
@@ -752,29 +674,15 @@ impl<R: Regs> Nic for E1000<R> {
     }
 
     fn add_rx_area(&mut self, area: &DataArea) -> Result<AreaId, Error> {
-        self.add_area(area, Direction::Rx)
+        self.areas.add(&self.iommu, area, Direction::Rx)
     }
 
     fn add_tx_area(&mut self, area: &DataArea) -> Result<AreaId, Error> {
-        self.add_area(area, Direction::Tx)
+        self.areas.add(&self.iommu, area, Direction::Tx)
     }
 
     fn remove_area(&mut self, id: AreaId) -> Result<(), Error> {
-        let Some(Some(area)) = self.areas.get(usize::from(id.0)) else {
-            return Err(Error::UnknownArea {
-                area: id,
-                direction: "RX or TX",
-            });
-        };
-        if area.in_flight > 0 {
-            return Err(Error::AreaBusy {
-                area: id,
-                in_flight: area.in_flight,
-            });
-        }
-        // Dropping the mapping unmaps it; no descriptor points into it any more.
-        self.areas[usize::from(id.0)] = None;
-        Ok(())
+        self.areas.remove(id)
     }
 
     fn rx_space(&self) -> usize {
@@ -786,7 +694,7 @@ impl<R: Regs> Nic for E1000<R> {
     }
 
     fn rx_post(&mut self, id: AreaId, empty: &[IoRec]) -> Result<usize, Error> {
-        let area = self.area(id, Direction::Rx)?;
+        let area = self.areas.get(id, Direction::Rx)?;
         let (base, area_len) = (area.mapping.iova(), area.len_bytes);
         let min = self.config.rx_buffer_bytes;
         let mut accepted = 0;
@@ -842,7 +750,7 @@ impl<R: Regs> Nic for E1000<R> {
             accepted += 1;
         }
         if accepted > 0 {
-            if let Some(a) = self.area_mut(id.0) {
+            if let Some(a) = self.areas.get_mut(id.0) {
                 a.in_flight += accepted;
             }
             self.publish_rx();
@@ -900,7 +808,7 @@ impl<R: Regs> Nic for E1000<R> {
             self.rx_idx.pop(1);
         }
         let area = batch_area?;
-        if let Some(a) = self.area_mut(area) {
+        if let Some(a) = self.areas.get_mut(area) {
             a.in_flight -= count;
         }
         self.stats.rx_buffers += count as u64;
@@ -911,7 +819,7 @@ impl<R: Regs> Nic for E1000<R> {
     }
 
     fn tx_submit(&mut self, id: AreaId, recs: &[IoRec]) -> Result<usize, Error> {
-        let area = self.area(id, Direction::Tx)?;
+        let area = self.areas.get(id, Direction::Tx)?;
         let (base, area_len) = (area.mapping.iova(), area.len_bytes);
         let mut accepted = 0;
         let mut refused = None;
@@ -971,7 +879,7 @@ impl<R: Regs> Nic for E1000<R> {
             accepted += 1;
         }
         if accepted > 0 {
-            if let Some(a) = self.area_mut(id.0) {
+            if let Some(a) = self.areas.get_mut(id.0) {
                 a.in_flight += accepted;
             }
             self.publish_tx();
@@ -1017,7 +925,7 @@ impl<R: Regs> Nic for E1000<R> {
             self.tx_idx.pop(n);
         }
         let area = batch_area?;
-        if let Some(a) = self.area_mut(area) {
+        if let Some(a) = self.areas.get_mut(area) {
             a.in_flight -= count;
         }
         self.stats.tx_iorecs += count as u64;

@@ -67,6 +67,7 @@ use std::time::{Duration, Instant};
 use rbuf::{DataArea, Extent, IoRec};
 
 use crate::Error;
+use crate::areas::{Areas, Direction};
 use crate::dma::{DmaAccess, DmaMapping, DmaMemory, Iommu};
 use crate::nic::{AreaId, Batch, IOREC_RX_ERROR, LinkStatus, MacAddr, Nic, Stats};
 use crate::pci::{PciAddress, PciId, SysPaths, config};
@@ -91,8 +92,7 @@ pub const SUPPORTED: [PciId; 2] = [
 
 /// Largest frame one transmit IOrec may describe (no GSO negotiated).
 pub const MAX_TX_FRAME_BYTES: u64 = 65535;
-/// At most this many data areas per NIC.
-pub const MAX_AREAS: usize = 64;
+pub use crate::areas::MAX_AREAS;
 
 /// How the NIC is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,29 +150,6 @@ fn config_check(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
-    Rx,
-    Tx,
-}
-
-impl Direction {
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Rx => "RX",
-            Direction::Tx => "TX",
-        }
-    }
-}
-
-struct Area {
-    mapping: DmaMapping,
-    len_bytes: usize,
-    direction: Direction,
-    /// Buffers (RX) or IOrecs (TX) in flight that point into the area.
-    in_flight: usize,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct RxSlot {
     tag: u64,
@@ -221,7 +198,7 @@ pub struct VirtioNet {
     control: Option<Control>,
     /// IOVA of the zeroed transmit header (device-read-only).
     tx_header: Iova,
-    areas: Vec<Option<Area>>,
+    areas: Areas,
     iommu: Arc<dyn Iommu>,
     addr: PciAddress,
     id: PciId,
@@ -345,7 +322,7 @@ impl VirtioNet {
             rx: p.rx,
             tx: p.tx,
             control: p.control,
-            areas: Vec::new(),
+            areas: Areas::default(),
             iommu,
             addr,
             id,
@@ -506,18 +483,12 @@ impl VirtioNet {
 
     /// The IOVA at which a registered area starts.
     pub fn area_iova(&self, area: AreaId) -> Option<Iova> {
-        self.areas
-            .get(usize::from(area.0))?
-            .as_ref()
-            .map(|a| a.mapping.iova())
+        self.areas.iova(area)
     }
 
     /// Whether the device may write an area (RX) or only read it (TX).
     pub fn area_access(&self, area: AreaId) -> Option<DmaAccess> {
-        self.areas
-            .get(usize::from(area.0))?
-            .as_ref()
-            .map(|a| a.mapping.access())
+        self.areas.access(area)
     }
 
     /// Fault injection: posts one receive buffer at `iova` that no RX area backs, to
@@ -535,13 +506,7 @@ impl VirtioNet {
         let (tx_q, tx_len) = self.tx.vq.mapped();
         let writable = [(rx_q.0, rx_len as u64), (tx_q.0, tx_len as u64)]
             .into_iter()
-            .chain(
-                self.areas
-                    .iter()
-                    .flatten()
-                    .filter(|a| a.mapping.access() == DmaAccess::DeviceWrites)
-                    .map(|a| (a.mapping.iova().0, a.len_bytes as u64)),
-            );
+            .chain(self.areas.device_writable());
         for (start, bytes) in writable {
             if iova.0 < start + bytes && start < end {
                 return Err(Error::FaultInjection(
@@ -570,49 +535,6 @@ impl VirtioNet {
     /// Injected buffers the device completed (see [`VirtioNet::inject_rx_buffer`]).
     pub fn raw_completions(&self) -> u64 {
         self.raw_completions
-    }
-
-    fn add_area(&mut self, area: &DataArea, direction: Direction) -> Result<AreaId, Error> {
-        let access = match direction {
-            Direction::Rx => DmaAccess::DeviceWrites,
-            Direction::Tx => DmaAccess::DeviceReads,
-        };
-        let slot = match self.areas.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.areas.len() < MAX_AREAS => {
-                self.areas.push(None);
-                self.areas.len() - 1
-            }
-            None => return Err(Error::TooManyAreas { max: MAX_AREAS }),
-        };
-        let mapping = DmaMapping::of_area(&self.iommu, area, access)?;
-        log::debug!(
-            "{} area {slot}: {} bytes at IOVA {} ({access:?})",
-            direction.name(),
-            area.len(),
-            mapping.iova()
-        );
-        self.areas[slot] = Some(Area {
-            mapping,
-            len_bytes: area.len(),
-            direction,
-            in_flight: 0,
-        });
-        Ok(AreaId(slot as u16))
-    }
-
-    fn area(&self, id: AreaId, direction: Direction) -> Result<&Area, Error> {
-        match self.areas.get(usize::from(id.0)) {
-            Some(Some(a)) if a.direction == direction => Ok(a),
-            _ => Err(Error::UnknownArea {
-                area: id,
-                direction: direction.name(),
-            }),
-        }
-    }
-
-    fn area_mut(&mut self, id: u16) -> Option<&mut Area> {
-        self.areas.get_mut(usize::from(id))?.as_mut()
     }
 
     fn kick_rx(&mut self) {
@@ -932,28 +854,15 @@ impl Nic for VirtioNet {
     }
 
     fn add_rx_area(&mut self, area: &DataArea) -> Result<AreaId, Error> {
-        self.add_area(area, Direction::Rx)
+        self.areas.add(&self.iommu, area, Direction::Rx)
     }
 
     fn add_tx_area(&mut self, area: &DataArea) -> Result<AreaId, Error> {
-        self.add_area(area, Direction::Tx)
+        self.areas.add(&self.iommu, area, Direction::Tx)
     }
 
     fn remove_area(&mut self, id: AreaId) -> Result<(), Error> {
-        let Some(Some(area)) = self.areas.get(usize::from(id.0)) else {
-            return Err(Error::UnknownArea {
-                area: id,
-                direction: "RX or TX",
-            });
-        };
-        if area.in_flight > 0 {
-            return Err(Error::AreaBusy {
-                area: id,
-                in_flight: area.in_flight,
-            });
-        }
-        self.areas[usize::from(id.0)] = None;
-        Ok(())
+        self.areas.remove(id)
     }
 
     fn rx_space(&self) -> usize {
@@ -974,7 +883,7 @@ impl Nic for VirtioNet {
     }
 
     fn rx_post(&mut self, id: AreaId, empty: &[IoRec]) -> Result<usize, Error> {
-        let area = self.area(id, Direction::Rx)?;
+        let area = self.areas.get(id, Direction::Rx)?;
         let (base, area_len) = (area.mapping.iova(), area.len_bytes);
         let min = self.config.rx_buffer_bytes;
         let mut accepted = 0;
@@ -1029,7 +938,7 @@ impl Nic for VirtioNet {
             accepted += 1;
         }
         if accepted > 0 {
-            if let Some(a) = self.area_mut(id.0) {
+            if let Some(a) = self.areas.get_mut(id.0) {
                 a.in_flight += accepted;
             }
             self.kick_rx();
@@ -1091,7 +1000,7 @@ impl Nic for VirtioNet {
         }
         self.arm();
         let area = batch_area?;
-        if let Some(a) = self.area_mut(area) {
+        if let Some(a) = self.areas.get_mut(area) {
             a.in_flight -= count;
         }
         self.stats.rx_buffers += count as u64;
@@ -1103,7 +1012,7 @@ impl Nic for VirtioNet {
     }
 
     fn tx_submit(&mut self, id: AreaId, recs: &[IoRec]) -> Result<usize, Error> {
-        let area = self.area(id, Direction::Tx)?;
+        let area = self.areas.get(id, Direction::Tx)?;
         let (base, area_len) = (area.mapping.iova(), area.len_bytes);
         let mut accepted = 0;
         let mut refused = None;
@@ -1164,7 +1073,7 @@ impl Nic for VirtioNet {
             accepted += 1;
         }
         if accepted > 0 {
-            if let Some(a) = self.area_mut(id.0) {
+            if let Some(a) = self.areas.get_mut(id.0) {
                 a.in_flight += accepted;
             }
             self.kick_tx();
@@ -1206,7 +1115,7 @@ impl Nic for VirtioNet {
             count += 1;
         }
         let area = batch_area?;
-        if let Some(a) = self.area_mut(area) {
+        if let Some(a) = self.areas.get_mut(area) {
             a.in_flight -= count;
         }
         self.stats.tx_iorecs += count as u64;
