@@ -4,12 +4,9 @@
 //! receives test frames. The same checks as `guest_e1000.rs`, through the same guest side
 //! (`nic_smoke`, which opens whatever NIC is at the address with `driver::AnyNic`).
 
-use std::thread;
 use std::time::Duration;
 
-use rbufnic_tests::{
-    FrameGen, Guest, HarnessError, MacAddr, Nic, ReceivePlan, SendPlan, UdpPeer, nic_bdf,
-};
+use rbufnic_tests::{FrameGen, Guest, HarnessError, MacAddr, Nic, SendPlan, UdpPeer, nic_bdf};
 
 mod common;
 
@@ -19,93 +16,27 @@ use common::{PEER_MAC, field, frames_bytes, interrupt_counts, rx_times, smoke_cm
 fn virtio_ten_thousand_frames_each_way_arrive_byte_exact_and_the_counters_agree()
 -> Result<(), HarnessError> {
     const N: u64 = 10_000;
-    let guest_mac = MacAddr::qemu(0x61);
-    let (peer, backend) = UdpPeer::for_qemu()?;
-    let script = smoke_cmd(&format!(
-        "--pci {} --seed 61 --peer-mac {PEER_MAC} --rx {N} --tx {N} --timeout-ms 600000",
-        nic_bdf(0)
-    ));
-    let guest = Guest::builder()
-        .hugepages(8)
-        .nic(Nic::virtio(guest_mac, backend))
-        .timeout(Duration::from_secs(900))
-        .spawn(&script)?;
-    let to_guest = FrameGen::new(61, guest_mac, PEER_MAC);
-    let from_guest = FrameGen::new(61, PEER_MAC, guest_mac);
-    let listener = peer.try_clone()?;
-    let stream = from_guest.clone();
-    let rx_thread = thread::spawn(move || {
-        listener.receive(
-            &stream,
-            &ReceivePlan::new(N)
-                .timeout(Duration::from_secs(800))
-                .linger(Duration::from_secs(2)),
-        )
-    });
-    guest.wait_for_line(&format!("rx-ready {N} seed 61"), Duration::from_secs(120))?;
-    let sent = peer.send(
-        &to_guest,
-        &SendPlan::new(N)
-            .rate_per_sec(3000)
-            .time_limit(Duration::from_secs(300)),
-    )?;
-    assert_eq!(sent.sent, N);
-    let out = guest.wait()?;
-    let report = rx_thread.join().expect("receiver thread")?;
-    assert_eq!(out.exit_status, 0, "{}", out.output);
-    assert_eq!(field(&out, "driver"), "virtio-net", "{}", out.output);
+    let r = common::frames_each_way(Nic::virtio, MacAddr::qemu(0x61), 61, N)?;
+    let out = &r.out;
+    assert_eq!(field(out, "driver"), "virtio-net", "{}", out.output);
     assert_eq!(
-        field(&out, "device"),
+        field(out, "device"),
         "1af4:1041 qemu true",
         "{}",
         out.output
     );
-    // MAC and link from the device configuration (VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS).
-    assert_eq!(field(&out, "mac"), guest_mac.to_string());
-    assert!(field(&out, "link").starts_with("up "), "{}", out.output);
-    let rx_line = field(&out, "rx");
-    assert!(rx_line.starts_with(&format!("{N} frames")), "{rx_line}");
-    assert!(rx_line.contains("in-order byte-exact"), "{rx_line}");
-    assert!(report.is_perfect(), "host peer: {report:?}");
-    assert_eq!(report.unique, N);
-    // The driver's own counters (virtio has none): frames and frame bytes, no FCS.
-    assert_eq!(stat(&out, "rx_packets"), N);
-    assert_eq!(stat(&out, "tx_packets"), N);
-    assert_eq!(stat(&out, "rx_bytes"), frames_bytes(&to_guest, N));
-    assert_eq!(stat(&out, "tx_bytes"), frames_bytes(&from_guest, N));
-    assert_eq!(stat(&out, "rx_error_buffers"), 0);
-    assert_eq!(stat(&out, "refused"), 0);
+    // Link from the device configuration (VIRTIO_NET_F_STATUS).
+    assert!(field(out, "link").starts_with("up "), "{}", out.output);
+    // The driver's own counters (virtio has none): frame bytes, no FCS.
+    assert_eq!(stat(out, "rx_bytes"), frames_bytes(&r.to_guest, N));
+    assert_eq!(stat(out, "tx_bytes"), frames_bytes(&r.from_guest, N));
+    assert_eq!(stat(out, "refused"), 0);
     Ok(())
 }
 
 #[test]
 fn virtio_a_three_extent_tx_iorec_arrives_as_one_correct_frame() -> Result<(), HarnessError> {
-    const N: u64 = 300;
-    let guest_mac = MacAddr::qemu(0x62);
-    let (peer, backend) = UdpPeer::for_qemu()?;
-    let script = smoke_cmd(&format!(
-        "--pci {} --seed 62 --peer-mac {PEER_MAC} --tx {N} --extents 3",
-        nic_bdf(0)
-    ));
-    let guest = Guest::builder()
-        .hugepages(8)
-        .nic(Nic::virtio(guest_mac, backend))
-        .timeout(Duration::from_secs(300))
-        .spawn(&script)?;
-    let from_guest = FrameGen::new(62, PEER_MAC, guest_mac);
-    let report = peer.receive(
-        &from_guest,
-        &ReceivePlan::new(N)
-            .timeout(Duration::from_secs(240))
-            .linger(Duration::from_secs(1)),
-    )?;
-    let out = guest.wait()?;
-    assert_eq!(out.exit_status, 0, "{}", out.output);
-    assert!(field(&out, "tx").contains("extents 3"), "{}", out.output);
-    assert!(report.is_perfect(), "{report:?}");
-    assert_eq!(report.unique, N);
-    assert_eq!(stat(&out, "tx_packets"), N);
-    Ok(())
+    common::three_extent_frames(Nic::virtio, MacAddr::qemu(0x62), 62, 300)
 }
 
 #[test]
