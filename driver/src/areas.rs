@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use rbuf::DataArea;
+use rbuf::{DataArea, Extent, IoRec};
 
 use crate::Error;
 use crate::dma::{DmaAccess, DmaMapping, Iommu};
@@ -154,4 +154,42 @@ impl Areas {
         self.slots[usize::from(id.0)] = None;
         Ok(())
     }
+}
+
+/// Checks an empty receive IOrec at position `index` of a batch (after `accepted` were
+/// posted) against an area of `area_len` bytes: valid, one extent, at least `min_len`
+/// bytes (a device may fill a whole receive buffer whatever the frame, so a shorter extent
+/// would let it write past the buffer). Returns the extent.
+pub(crate) fn check_rx_buffer(
+    rec: &IoRec,
+    index: usize,
+    accepted: usize,
+    area_len: usize,
+    min_len: u32,
+) -> Result<Extent, Error> {
+    rec.validate(area_len).map_err(|source| Error::BadIoRec {
+        index,
+        accepted,
+        source,
+    })?;
+    if rec.raw_count() != 1 {
+        return Err(Error::Unusable {
+            index,
+            accepted,
+            reason: "an RX IOrec names exactly one buffer",
+            value: u64::from(rec.raw_count()),
+            limit: 1,
+        });
+    }
+    let e = rec.extents()[0];
+    if e.len() < min_len {
+        return Err(Error::Unusable {
+            index,
+            accepted,
+            reason: "RX buffer shorter than the receive buffer size",
+            value: u64::from(e.len()),
+            limit: u64::from(min_len),
+        });
+    }
+    Ok(e)
 }

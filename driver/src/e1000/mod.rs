@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use rbuf::{DataArea, Extent, IoRec};
 
 use crate::Error;
-use crate::areas::{Areas, Direction};
+use crate::areas::{Areas, Direction, check_rx_buffer};
 use crate::dma::{DmaAccess, Iommu};
 use crate::mmio::{Bar, Regs};
 use crate::nic::{
@@ -703,37 +703,13 @@ impl<R: Regs> Nic for E1000<R> {
             if self.rx_idx.space() == 0 {
                 break;
             }
-            if let Err(source) = rec.validate(area_len) {
-                refused = Some(Error::BadIoRec {
-                    index,
-                    accepted,
-                    source,
-                });
-                break;
-            }
-            if rec.raw_count() != 1 {
-                refused = Some(Error::Unusable {
-                    index,
-                    accepted,
-                    reason: "an RX IOrec names exactly one buffer",
-                    value: u64::from(rec.raw_count()),
-                    limit: 1,
-                });
-                break;
-            }
-            let e = rec.extents()[0];
-            // The NIC may fill up to RCTL.BSIZE bytes whatever the frame: a shorter
-            // extent would let it write past the buffer.
-            if e.len() < min {
-                refused = Some(Error::Unusable {
-                    index,
-                    accepted,
-                    reason: "RX buffer shorter than the receive buffer size",
-                    value: u64::from(e.len()),
-                    limit: u64::from(min),
-                });
-                break;
-            }
+            let e = match check_rx_buffer(rec, index, accepted, area_len, min) {
+                Ok(e) => e,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            };
             let slot = self.rx_idx.slot(self.rx_idx.tail());
             self.rx.write(
                 slot,

@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 use rbuf::{DataArea, Extent, IoRec};
 
 use crate::Error;
-use crate::areas::{Areas, Direction};
+use crate::areas::{Areas, Direction, check_rx_buffer};
 use crate::dma::{DmaAccess, DmaMapping, DmaMemory, Iommu};
 use crate::nic::{AreaId, Batch, IOREC_RX_ERROR, LinkStatus, MacAddr, Nic, Stats};
 use crate::pci::{PciAddress, PciId, SysPaths, config};
@@ -892,35 +892,13 @@ impl Nic for VirtioNet {
             if self.broken || self.rx.vq.free_descriptors() == 0 {
                 break;
             }
-            if let Err(source) = rec.validate(area_len) {
-                refused = Some(Error::BadIoRec {
-                    index,
-                    accepted,
-                    source,
-                });
-                break;
-            }
-            if rec.raw_count() != 1 {
-                refused = Some(Error::Unusable {
-                    index,
-                    accepted,
-                    reason: "an RX IOrec names exactly one buffer",
-                    value: u64::from(rec.raw_count()),
-                    limit: 1,
-                });
-                break;
-            }
-            let e = rec.extents()[0];
-            if e.len() < min {
-                refused = Some(Error::Unusable {
-                    index,
-                    accepted,
-                    reason: "RX buffer shorter than the receive buffer size",
-                    value: u64::from(e.len()),
-                    limit: u64::from(min),
-                });
-                break;
-            }
+            let e = match check_rx_buffer(rec, index, accepted, area_len, min) {
+                Ok(e) => e,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            };
             let Some(head) = self.rx.vq.add(&[Buf {
                 iova: base.0 + u64::from(e.offset()),
                 len: e.len(),
