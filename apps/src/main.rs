@@ -76,7 +76,8 @@ enum Command {
 enum Bench {
     /// Inter-process transport: rbuf channels between two processes against a Unix
     /// socket, a pipe and iceoryx2, and against the physical limits (a bare cache-line
-    /// bounce, a bare hand-over of the same buffers, one core's read bandwidth).
+    /// bounce, a bare ring of rbuf's layout, a bare hand-over of the same buffers, one
+    /// core's read bandwidth).
     Ipc {
         #[command(flatten)]
         params: IpcArgs,

@@ -18,13 +18,22 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
         "latency_poll_vs_iceoryx2",
         "latency_poll_vs_bare",
         "bulk_vs_bare_handoff",
+        "msg_rate_batch32_vs_bare_ring",
+        "latency_poll_vs_bare_ring",
     ] {
         let r = v["ratios"][key]
             .as_f64()
             .unwrap_or_else(|| panic!("ratio {key} in {v}"));
         assert!(r.is_finite() && r > 0.0, "{key} = {r}");
     }
-    for peer in ["rbuf batch 1", "rbuf batch 32", "unix seqpacket", "pipe"] {
+    for peer in [
+        "rbuf batch 1",
+        "rbuf batch 32",
+        "unix seqpacket",
+        "pipe",
+        "bare ring batch 1",
+        "bare ring batch 32",
+    ] {
         assert!(v["msg_rate_per_s"][peer].as_f64().unwrap() > 0.0, "{peer}");
     }
     for peer in [
@@ -33,6 +42,7 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
         "unix seqpacket",
         "iceoryx2",
         "bare cache line",
+        "bare ring",
     ] {
         let l = &v["latency_ns"][peer];
         assert!(

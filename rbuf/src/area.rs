@@ -14,6 +14,9 @@ use crate::{Error, Extent};
 /// Largest data area: IOrec offsets are 32-bit.
 pub const MAX_AREA_BYTES: usize = 1 << 32;
 
+/// Most bytes of an extent [`DataArea::prefetch_write`] asks for.
+pub const PREFETCH_BYTES: usize = 512;
+
 /// A data area: one sealed memfd, mapped shared and pre-faulted.
 #[derive(Debug)]
 pub struct DataArea {
@@ -104,6 +107,18 @@ impl DataArea {
                 len_bytes,
                 area_bytes: self.len(),
             }),
+        }
+    }
+
+    /// Hints that the caller is about to fill `e`: asks the CPU for its first cache lines
+    /// (at most [`PREFETCH_BYTES`]) for writing now, so filling a batch of small buffers
+    /// waits for their ownership once rather than once per buffer. Changes no memory;
+    /// parts outside the area are ignored.
+    pub fn prefetch_write(&self, e: Extent) {
+        let start = e.offset() as usize;
+        let end = start + (e.len() as usize).min(PREFETCH_BYTES);
+        for line in (start..end).step_by(64) {
+            self.region.prefetch_write(line);
         }
     }
 

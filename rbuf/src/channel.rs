@@ -89,6 +89,10 @@ pub struct LinkStats {
 /// peer that is busy right now without a system call.
 pub const DEFAULT_SPINS: u32 = 200;
 
+/// A waiter spinning for IOrecs reads and checks the peer's head once every this many
+/// polls (and before it sleeps); the others look at the next slot's stamp only.
+const HEAD_CHECK_SPINS: u32 = 64;
+
 /// What a link is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Await {
@@ -372,8 +376,15 @@ impl Link {
                 _ => Err(self.alive().unwrap_err()),
             };
         }
-        for _ in 0..self.spins {
-            if self.ready(what)? {
+        for spin in 0..self.spins {
+            // Spinning for IOrecs watches the next slot's stamp alone; the peer's head
+            // (only a check on the peer) is read every HEAD_CHECK_SPINS polls and again
+            // before sleeping, so the producer's head store does not fight our reads.
+            let ready = match what {
+                Await::Incoming if spin % HEAD_CHECK_SPINS != 0 => self.inp.next_stamped(),
+                _ => self.ready(what)?,
+            };
+            if ready {
                 return Ok(true);
             }
             std::hint::spin_loop();

@@ -22,7 +22,7 @@ pub mod pool;
 pub mod ring;
 pub mod shm;
 
-pub use area::{DataArea, MAX_AREA_BYTES};
+pub use area::{DataArea, MAX_AREA_BYTES, PREFETCH_BYTES};
 pub use channel::{Link, LinkStats, Master, Mode, Peer, Role};
 pub use connect::{Config, Endpoint, Listener};
 pub use error::{Error, IoRecError};

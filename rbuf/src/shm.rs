@@ -267,6 +267,26 @@ impl Region {
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(offset) as *mut T, value) }
     }
 
+    /// Asks the CPU to fetch the cache line at `offset` for writing (x86 `PREFETCHW`), so
+    /// its ownership request goes out now rather than when a store reaches it. A hint:
+    /// it never faults and changes no memory; out-of-bounds offsets are ignored.
+    #[inline]
+    pub fn prefetch_write(&self, offset: usize) {
+        if offset >= self.len {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: PREFETCHW is a hint: it reads nothing, writes nothing and never faults;
+        // the address is inside our mapping anyway (checked above).
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{p}]",
+                p = in(reg) self.ptr.as_ptr().add(offset),
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
+
     /// Copies `dst.len()` bytes from `offset` out of the region. The caller checked bounds.
     pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) {
         assert!(
@@ -442,6 +462,20 @@ mod tests {
             Region::create(c"t", 0, PagePolicy::Shmem),
             Err(Error::InvalidSize { len_bytes: 0 })
         ));
+    }
+
+    #[test]
+    fn prefetch_for_writing_changes_nothing_and_never_faults() {
+        let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
+        region.write_volatile(64, 0x1122_3344_5566_7788u64);
+        let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
+        // Every line of ours, of a read-only view, and offsets past the end (ignored).
+        for offset in (0..8192).step_by(64).chain([8192, usize::MAX]) {
+            region.prefetch_write(offset);
+            view.prefetch_write(offset);
+        }
+        assert_eq!(view.read_volatile::<u64>(64), 0x1122_3344_5566_7788);
+        assert_eq!(view.read_volatile::<u64>(128), 0);
     }
 }
 

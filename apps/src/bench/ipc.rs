@@ -1,7 +1,8 @@
 //! `rbufnic bench ipc`: rbuf channels between two processes, measured side by side with
 //! the peers a user would otherwise pick (a Unix `SOCK_SEQPACKET` socket, a pipe,
-//! iceoryx2) and with the physical limits (a bare shared cache line, a bare hand-over of
-//! the same buffers with one shared flag, one core's memory read bandwidth).
+//! iceoryx2) and with the physical limits of [`super::bare`] (a bare shared cache line, a
+//! bare ring of rbuf's layout, a bare hand-over of the same buffers, one core's memory
+//! read bandwidth).
 //!
 //! Every figure comes from two real processes: this binary re-executes itself as the
 //! child (`rbufnic __bench-child KIND SOCKET`), pinned to the other core when there is
@@ -13,12 +14,11 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::bare;
 use anyhow::{Context, Result, bail};
 use rbuf::connect::{self, Config, Listener};
-use rbuf::shm::Region;
 use rbuf::{DataArea, Extent, IoRec, Master, Mode, PagePolicy, Peer, Pool};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -57,14 +57,14 @@ impl Groups {
     };
 }
 
-const MSG_BYTES: usize = 64;
-const BULK_BYTES: usize = 1 << 20;
+pub(super) const MSG_BYTES: usize = 64;
+pub(super) const BULK_BYTES: usize = 1 << 20;
 /// Buffers in flight in the bulk runs (rbuf and the bare hand-over alike).
-const BULK_DEPTH: usize = 8;
-const RATE_SLOTS: usize = 1024;
-const PONG_SLOTS: usize = 64;
+pub(super) const BULK_DEPTH: usize = 8;
+pub(super) const RATE_SLOTS: usize = 1024;
+pub(super) const PONG_SLOTS: usize = 64;
 /// Untimed round trips before the timed ones: a tenth of them, at most 10,000.
-fn warmup(iters: u64) -> u64 {
+pub(super) fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
 }
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,7 +107,7 @@ pub struct IpcReport {
 
 // ---------- the parent ----------
 
-struct Session {
+pub(super) struct Session {
     dir: PathBuf,
     params: IpcParams,
     n: u32,
@@ -129,7 +129,7 @@ impl Session {
     }
 
     /// Spawns the child for `kind` and returns it with the socket path it connects to.
-    fn child(&mut self, kind: &str, stdin: Stdio) -> Result<(Child, PathBuf)> {
+    pub(super) fn child(&mut self, kind: &str, stdin: Stdio) -> Result<(Child, PathBuf)> {
         self.n += 1;
         let sock = self.dir.join(format!("{kind}-{}", self.n));
         let mut cmd = Command::new(std::env::current_exe()?);
@@ -162,7 +162,7 @@ fn pin(cpu: usize) -> Result<()> {
     rustix::thread::sched_setaffinity(None, &set).with_context(|| format!("pinning to CPU {cpu}"))
 }
 
-fn finish(mut child: Child) -> Result<String> {
+pub(super) fn finish(mut child: Child) -> Result<String> {
     let mut out = String::new();
     child
         .stdout
@@ -194,7 +194,7 @@ const POLL_SPINS: u32 = 1 << 20;
 
 /// Busy-waits until `ready()`, yielding the CPU every [`POLL_SPINS`] polls for the same
 /// reason.
-fn spin_until(mut ready: impl FnMut() -> bool) {
+pub(super) fn spin_until(mut ready: impl FnMut() -> bool) {
     let mut n = 0u32;
     while !ready() {
         n = n.wrapping_add(1);
@@ -214,7 +214,7 @@ fn write_msg(area: &DataArea, e: Extent, seq: u64) {
 }
 
 /// Reads every byte (as words); returns a sum so the reads cannot be optimised away.
-fn read_all(bytes: &[u8]) -> u64 {
+pub(super) fn read_all(bytes: &[u8]) -> u64 {
     let (words, rest) = bytes.as_chunks::<8>();
     let mut sum = words
         .iter()
@@ -237,24 +237,33 @@ fn rbuf_rate(s: &mut Session, messages: u64, batch: usize) -> Result<f64> {
     let mut recs = vec![IoRec::default(); batch];
     let start = Instant::now();
     let mut sent = 0u64;
+    // Buffers come back when the pool runs short or the ring is full (the peer may be
+    // waiting for room to return them), as a sender batching its frees would.
+    let mut reclaim = true;
     while sent < messages || !master.lent().is_empty() {
-        master.reclaim(&mut pool)?;
+        if reclaim || pool.available() < batch {
+            master.reclaim(&mut pool)?;
+        }
         let want = batch.min((messages - sent) as usize);
         if want == 0 {
             continue;
         }
         recs.clear();
-        for i in 0..want {
+        for _ in 0..want {
             let Ok(id) = pool.alloc(MSG_BYTES) else { break };
             let e = Extent::new(pool.extent(id).offset(), MSG_BYTES as u32);
-            write_msg(&area, e, sent + i as u64);
+            area.prefetch_write(e);
             recs.push(IoRec::single(u64::from(id), e));
+        }
+        for (i, rec) in recs.iter().enumerate() {
+            write_msg(&area, rec.extents()[0], sent + i as u64);
         }
         let n = master.send(&mut pool, &recs)?;
         for rec in &recs[n..] {
             pool.free(rec.tag() as u32);
         }
         sent += n as u64;
+        reclaim = n < recs.len() || sent >= messages;
     }
     let secs = start.elapsed().as_secs_f64();
     master.link().disconnect();
@@ -316,14 +325,14 @@ fn connect_peer(sock: &Path, slots: usize) -> Result<Peer> {
     }
 }
 
-fn unix_listener(path: &Path, ty: SocketType) -> Result<OwnedFd> {
+pub(super) fn unix_listener(path: &Path, ty: SocketType) -> Result<OwnedFd> {
     let sock = rustix::net::socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?;
     rustix::net::bind(&sock, &SocketAddrUnix::new(path)?)?;
     rustix::net::listen(&sock, 1)?;
     Ok(sock)
 }
 
-fn unix_connect(path: &Path, ty: SocketType) -> Result<OwnedFd> {
+pub(super) fn unix_connect(path: &Path, ty: SocketType) -> Result<OwnedFd> {
     let start = Instant::now();
     loop {
         let sock = rustix::net::socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?;
@@ -489,80 +498,6 @@ fn child_uds_pong(sock: &Path) -> Result<()> {
     }
 }
 
-/// Two 64-bit words, each in its own region written by one process only: the physical
-/// limit of any shared-memory ping-pong (one cache line each way per round trip).
-fn bare_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
-    let (child, sock) = s.child("bare-pong", Stdio::null())?;
-    let (ping, pong, _conn) = exchange_regions(&sock, 4096)?;
-    let mut samples = Vec::with_capacity(iters as usize);
-    for i in 1..=warmup(iters) + iters {
-        let t = Instant::now();
-        ping.store_u64(0, i, Ordering::Release);
-        spin_until(|| pong.load_u64(0, Ordering::Acquire) == i);
-        let rtt = t.elapsed();
-        if i > warmup(iters) {
-            samples.push(rtt.as_nanos() as u64 / 2);
-        }
-    }
-    ping.store_u64(0, u64::MAX, Ordering::Release);
-    finish(child)?;
-    Ok(samples)
-}
-
-fn child_bare_pong(sock: &Path) -> Result<()> {
-    let (pong, ping, _conn) = connect_regions(sock, 4096)?;
-    let mut last = 0;
-    loop {
-        let mut v = last;
-        spin_until(|| {
-            v = ping.load_u64(0, Ordering::Acquire);
-            v != last
-        });
-        if v == u64::MAX {
-            return Ok(());
-        }
-        pong.store_u64(0, v, Ordering::Release);
-        last = v;
-    }
-}
-
-/// Parent side of a bare set-up: creates its region of `len` bytes, sends a read-only
-/// descriptor, receives the child's. Returns (ours, theirs, connection).
-fn exchange_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
-    let listener = unix_listener(sock, SocketType::SEQPACKET)?;
-    let conn = rustix::net::accept(&listener)?;
-    let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
-    connect::send_with_fds(
-        &conn,
-        &(mine.len() as u64).to_le_bytes(),
-        &[mine.readonly_fd()?],
-    )?;
-    let (theirs, conn) = recv_region(conn)?;
-    Ok((mine, theirs, conn))
-}
-
-fn connect_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
-    let conn = unix_connect(sock, SocketType::SEQPACKET)?;
-    let (theirs, conn) = recv_region(conn)?;
-    let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
-    connect::send_with_fds(
-        &conn,
-        &(mine.len() as u64).to_le_bytes(),
-        &[mine.readonly_fd()?],
-    )?;
-    Ok((mine, theirs, conn))
-}
-
-fn recv_region(conn: OwnedFd) -> Result<(Region, OwnedFd)> {
-    let mut len = [0u8; 8];
-    let (n, mut fds) = connect::recv_with_fds(&conn, &mut len)?;
-    if n != 8 || fds.len() != 1 {
-        bail!("bare set-up: got {n} bytes and {} descriptors", fds.len());
-    }
-    let region = Region::map_readonly(fds.remove(0), u64::from_le_bytes(len) as usize)?;
-    Ok((region, conn))
-}
-
 fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
     let (child, sock) = s.child("rbuf-bulk", Stdio::null())?;
     let listener = Listener::bind(&sock)?;
@@ -596,63 +531,6 @@ fn rbuf_bulk(s: &mut Session, mib: u64) -> Result<f64> {
     master.link().disconnect();
     finish(child)?;
     Ok((mib * BULK_BYTES as u64) as f64 / secs)
-}
-
-/// The same buffers handed over with nothing but a count each way: the sender fills
-/// buffer `i % depth` once the receiver's count says it is free, then publishes `i + 1`;
-/// the receiver reads every buffer published so far, then publishes its own count once
-/// (the batching the rbuf receiver does too).
-fn bare_bulk(s: &mut Session, mib: u64) -> Result<f64> {
-    let (child, sock) = s.child("bare-bulk", Stdio::null())?;
-    let (mine, theirs, _conn) = exchange_regions(&sock, BULK_DEPTH * BULK_BYTES + 4096)?;
-    let area_off = 4096;
-    let start = Instant::now();
-    for i in 0..mib {
-        spin_until(|| i < theirs.load_u64(0, Ordering::Acquire) + BULK_DEPTH as u64);
-        let off = area_off + (i as usize % BULK_DEPTH) * BULK_BYTES;
-        fill_region(&mine, off, i as u8);
-        mine.store_u64(0, i + 1, Ordering::Release);
-    }
-    spin_until(|| theirs.load_u64(0, Ordering::Acquire) >= mib);
-    let secs = start.elapsed().as_secs_f64();
-    mine.store_u64(8, 1, Ordering::Release);
-    finish(child)?;
-    Ok((mib * BULK_BYTES as u64) as f64 / secs)
-}
-
-fn fill_region(region: &Region, offset: usize, value: u8) {
-    // SAFETY: by the hand-over protocol the receiver is done with this buffer (its count
-    // passed it) and reads it again only after we publish; nobody else writes it.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr().add(offset), BULK_BYTES) };
-    bytes.fill(value);
-}
-
-fn child_bare_bulk(sock: &Path) -> Result<()> {
-    let (mine, theirs, _conn) = connect_regions(sock, 4096)?;
-    let mut next = 0u64;
-    let mut sum = 0;
-    loop {
-        let (mut published, mut stop) = (0, false);
-        spin_until(|| {
-            published = theirs.load_u64(0, Ordering::Acquire);
-            stop = theirs.load_u64(8, Ordering::Acquire) != 0;
-            published > next || stop
-        });
-        if stop {
-            break;
-        }
-        while next < published {
-            let off = 4096 + (next as usize % BULK_DEPTH) * BULK_BYTES;
-            // SAFETY: the sender published this buffer and does not write it again until
-            // our count passes it; the mapping is read-only here.
-            let bytes = unsafe { std::slice::from_raw_parts(theirs.as_ptr().add(off), BULK_BYTES) };
-            sum = read_all(bytes).wrapping_add(sum);
-            next += 1;
-        }
-        mine.store_u64(0, next, Ordering::Release);
-    }
-    println!("{sum}");
-    Ok(())
 }
 
 fn stream_bulk(s: &mut Session, mib: u64, pipe: bool) -> Result<f64> {
@@ -722,19 +600,6 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     Ok(samples?)
 }
 
-/// One core reading a buffer much larger than the caches, in bytes per second.
-fn read_bandwidth() -> f64 {
-    let buf = vec![1u8; 256 << 20];
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let sum = read_all(std::hint::black_box(&buf));
-        std::hint::black_box(sum);
-        best = best.max(buf.len() as f64 / t.elapsed().as_secs_f64());
-    }
-    best
-}
-
 /// Runs every measurement and returns the figures.
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let mut s = Session::new(p)?;
@@ -748,6 +613,13 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         rate.push(("unix seqpacket", uds_rate(&mut s, p.messages)?));
         progress("message rate: pipe");
         rate.push(("pipe", pipe_rate(&mut s, p.messages)?));
+        progress("message rate: bare ring batch 1");
+        rate.push(("bare ring batch 1", bare::ring_rate(&mut s, p.messages, 1)?));
+        progress("message rate: bare ring batch 32");
+        rate.push((
+            "bare ring batch 32",
+            bare::ring_rate(&mut s, p.messages, 32)?,
+        ));
     }
     let mut lat = Vec::new();
     if p.groups.latency {
@@ -755,12 +627,13 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         // figure comes from all its rounds: where the host runs the two vCPUs drifts over
         // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
         type Peer = fn(&mut Session, u64) -> Result<Vec<u64>>;
-        let peers: [(&'static str, Peer); 5] = [
+        let peers: [(&'static str, Peer); 6] = [
             ("rbuf poll", |s, n| rbuf_latency(s, n, false)),
             ("rbuf blocking", |s, n| rbuf_latency(s, n, true)),
             ("unix seqpacket", uds_latency),
             ("iceoryx2", iceoryx_latency),
-            ("bare cache line", bare_latency),
+            ("bare cache line", bare::cache_line_latency),
+            ("bare ring", bare::ring_latency),
         ];
         let per_round = p.iters.div_ceil(LATENCY_ROUNDS);
         let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
@@ -785,20 +658,32 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         progress("bulk: pipe");
         bulk.push(("pipe", stream_bulk(&mut s, p.bulk_mib, true)?));
         progress("bulk: bare hand-over");
-        bulk.push(("bare hand-over", bare_bulk(&mut s, p.bulk_mib)?));
+        bulk.push(("bare hand-over", bare::handover_bulk(&mut s, p.bulk_mib)?));
         progress("bulk: one-core read bandwidth");
-        bulk.push(("one-core read bandwidth", read_bandwidth()));
+        bulk.push(("one-core read bandwidth", bare::read_bandwidth()));
     }
 
     let find = |v: &Figures, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
     let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
     // (name, figures, numerator, denominator); a ratio is reported when both were measured.
-    let wanted: [(&'static str, &Figures, &str, &str); 7] = [
+    let wanted: [(&'static str, &Figures, &str, &str); 10] = [
         (
             "msg_rate_batch32_vs_uds",
             &rate,
             "rbuf batch 32",
             "unix seqpacket",
+        ),
+        (
+            "msg_rate_batch32_vs_bare_ring",
+            &rate,
+            "rbuf batch 32",
+            "bare ring batch 32",
+        ),
+        (
+            "msg_rate_batch1_vs_bare_ring",
+            &rate,
+            "rbuf batch 1",
+            "bare ring batch 1",
         ),
         (
             "msg_rate_batch1_vs_uds",
@@ -817,6 +702,12 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             &medians,
             "rbuf poll",
             "bare cache line",
+        ),
+        (
+            "latency_poll_vs_bare_ring",
+            &medians,
+            "rbuf poll",
+            "bare ring",
         ),
         (
             "latency_poll_vs_uds",
@@ -854,14 +745,17 @@ pub fn child(kind: &str, sock: &Path, p: &IpcParams, cpu: Option<usize>) -> Resu
         "rbuf-pong-poll" => child_rbuf_echo(sock, PONG_SLOTS, 1, POLL_SPINS),
         "rbuf-pong-block" => child_rbuf_echo(sock, PONG_SLOTS, 1, 0),
         "uds-pong" => child_uds_pong(sock),
-        "bare-pong" => child_bare_pong(sock),
         "rbuf-bulk" => child_rbuf_echo(sock, BULK_DEPTH, BULK_DEPTH, POLL_SPINS),
-        "bare-bulk" => child_bare_bulk(sock),
         "uds-bulk" => child_stream_bulk(Some(sock), p.bulk_mib),
         "pipe-bulk" => child_stream_bulk(None, p.bulk_mib),
-        other => match other.strip_prefix("iceoryx2-pong:") {
-            Some(service) => Ok(super::iceoryx::pong(service, CHILD_TIMEOUT)?),
-            None => bail!("unknown benchmark child {other}"),
-        },
+        other => {
+            if let Some(service) = other.strip_prefix("iceoryx2-pong:") {
+                return Ok(super::iceoryx::pong(service, CHILD_TIMEOUT)?);
+            }
+            match super::bare::child(other, sock, p.messages) {
+                Some(result) => result,
+                None => bail!("unknown benchmark child {other}"),
+            }
+        }
     }
 }
