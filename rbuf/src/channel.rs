@@ -500,11 +500,12 @@ impl Master {
         }
     }
 
-    /// Hands out up to `out.len()` buffers of pending run returns, oldest lending first.
-    /// Fails only when the peer is evicted (then it has freed what it handed out).
-    fn deliver_run(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
-        let mut w = 0;
-        while self.run_left > 0 && w < out.len() {
+    /// The next buffer a pending run return gives back, oldest lending first (still lent
+    /// to the peer: the caller takes it back). `None` once the runs are done, or when a
+    /// run covered more than the peer held (a violation, counted). Fails only when that
+    /// violation evicts the peer.
+    fn next_run_buffer(&mut self) -> Result<Option<BufId>, Error> {
+        while self.run_left > 0 {
             let Some((id, n)) = self.order.pop_front() else {
                 // Only after the peer returned one by one buffers its run had covered.
                 let count = std::mem::take(&mut self.run_left);
@@ -512,25 +513,54 @@ impl Master {
                     count,
                     held: self.lent.len(),
                 };
-                if let err @ Error::PeerEvicted { .. } = self.link.violation(e.into()) {
+                return match self.link.violation(e.into()) {
+                    err @ Error::PeerEvicted { .. } => Err(err),
+                    _ => Ok(None),
+                };
+            };
+            if self.lent.contains(id) && self.lent_at[id as usize] == n {
+                self.run_left -= 1;
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands out up to `out.len()` buffers of pending run returns, oldest lending first.
+    /// Fails only when the peer is evicted (then it has freed what it handed out).
+    fn deliver_run(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
+        let mut w = 0;
+        while w < out.len() {
+            match self.next_run_buffer() {
+                Ok(Some(id)) => {
+                    let rec = pool.iorec(id);
+                    pool.take_back(&rec, &mut self.lent).expect(
+                        "a live entry of the lending order names a buffer lent to the peer",
+                    );
+                    out[w] = rec;
+                    w += 1;
+                }
+                Ok(None) => break,
+                Err(err) => {
                     for rec in &out[..w] {
                         pool.free(rec.tag() as BufId);
                     }
                     return Err(err);
                 }
-                break;
-            };
-            if !(self.lent.contains(id) && self.lent_at[id as usize] == n) {
-                continue;
             }
-            let rec = pool.iorec(id);
-            pool.take_back(&rec, &mut self.lent)
-                .expect("a live entry of the lending order names a buffer lent to the peer");
-            out[w] = rec;
-            w += 1;
-            self.run_left -= 1;
         }
         Ok(w)
+    }
+
+    /// Gives every buffer of pending run returns straight back to the pool (no IOrec
+    /// for each); returns how many. Fails only when the peer is evicted.
+    fn free_runs(&mut self, pool: &mut Pool) -> Result<usize, Error> {
+        let mut freed = 0;
+        while let Some(id) = self.next_run_buffer()? {
+            pool.end_lend(id, &mut self.lent);
+            freed += 1;
+        }
+        Ok(freed)
     }
 
     /// The underlying link (stats, waiting, doorbell).
@@ -595,9 +625,23 @@ impl Master {
     /// the returned buffers (free them with [`Pool::free`] or send them again). Buffers
     /// given back by a run return come back as whole buffers ([`Pool::iorec`]).
     pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
-        let mut kept = self
-            .deliver_run(pool, out)
-            .map_err(|e| self.fail(pool, e, false))?;
+        self.receive(pool, out, true)
+    }
+
+    /// [`Master::recv`]; with `deliver_runs` false, buffers of run returns are not handed
+    /// out but stay pending (for [`Master::free_runs`]).
+    fn receive(
+        &mut self,
+        pool: &mut Pool,
+        out: &mut [IoRec],
+        deliver_runs: bool,
+    ) -> Result<usize, Error> {
+        let mut kept = 0;
+        if deliver_runs {
+            kept = self
+                .deliver_run(pool, out)
+                .map_err(|e| self.fail(pool, e, false))?;
+        }
         if kept == out.len() {
             return Ok(kept);
         }
@@ -637,7 +681,7 @@ impl Master {
                 }
             }
         }
-        if fatal.is_none() {
+        if fatal.is_none() && deliver_runs {
             // Runs received in this batch: their buffers fill what room is left.
             match self.deliver_run(pool, &mut out[kept..]) {
                 Ok(w) => kept += w,
@@ -655,17 +699,24 @@ impl Master {
     }
 
     /// Receives returned buffers and frees them at once (TMM senders); returns how many.
+    /// Buffers that run returns give back go to the pool directly.
     pub fn reclaim(&mut self, pool: &mut Pool) -> Result<usize, Error> {
         let mut buf = [IoRec::default(); 32];
         let mut total = 0;
         loop {
-            let n = self.recv(pool, &mut buf)?;
+            total += self
+                .free_runs(pool)
+                .map_err(|e| self.fail(pool, e, false))?;
+            let n = self.receive(pool, &mut buf, false)?;
             for rec in &buf[..n] {
                 pool.free(rec.tag() as BufId);
             }
             total += n;
             if n < buf.len() {
-                return Ok(total);
+                return Ok(total
+                    + self
+                        .free_runs(pool)
+                        .map_err(|e| self.fail(pool, e, false))?);
             }
         }
     }
@@ -838,6 +889,35 @@ mod tests {
         assert_eq!(recv_all(&mut master, &mut pool, 8), again[..2].to_vec());
         assert_eq!(master.lent().len(), 1);
         assert_eq!(master.link().stats().bad_iorecs, 0);
+    }
+
+    #[test]
+    fn reclaim_frees_single_and_run_returns_alike() {
+        let (mut master, mut peer, mut pool) = tmm(64, 256);
+        let sent = send_n(&mut master, &mut pool, 50);
+        let mut got = [IoRec::default(); 64];
+        assert_eq!(peer.recv(&mut got).unwrap(), 50);
+        // #7 alone, then runs covering the rest (more than one reclaim batch of 32),
+        // with #40 returned alone in between (the run skips it).
+        assert_eq!(peer.send(&[got[7]]).unwrap(), 1);
+        assert!(peer.release(20).unwrap());
+        assert_eq!(peer.send(&[got[40]]).unwrap(), 1);
+        assert!(peer.release(27).unwrap());
+        assert_eq!(master.reclaim(&mut pool).unwrap(), 49);
+        assert_eq!(master.lent().len(), 1, "one of the 50 still held");
+        assert!(master.lent().contains(sent[49]));
+        let acc = pool.audit(&[master.lent()]).unwrap();
+        assert_eq!((acc.free, acc.lent, acc.local), (pool.capacity() - 1, 1, 0));
+        // A run past what the peer holds is a violation; one too many evicts, and the
+        // eviction takes back what it held.
+        master.link().set_max_errors(0);
+        assert!(peer.release(2).unwrap());
+        assert!(matches!(
+            master.reclaim(&mut pool),
+            Err(Error::PeerEvicted { .. })
+        ));
+        assert!(master.lent().is_empty());
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
     }
 
     #[test]

@@ -389,17 +389,27 @@ impl Pool {
     pub fn reclaim(&mut self, set: &mut LendSet) -> usize {
         let ids: Vec<BufId> = set.iter().collect();
         for &id in &ids {
-            set.remove(id);
-            let e = &mut self.entries[id as usize];
-            e.refs -= 1;
-            if e.refs == 0 {
-                self.lent -= 1;
-                if !e.local {
-                    self.release(id);
-                }
-            }
+            self.end_lend(id, set);
         }
         ids.len()
+    }
+
+    /// Ends the lending of buffer `id` to the peer of `set` (which holds it): the buffer
+    /// becomes free once no peer and not the master holds it.
+    pub(crate) fn end_lend(&mut self, id: BufId, set: &mut LendSet) {
+        assert!(
+            set.contains(id),
+            "end of a lending of buffer {id} that is not lent"
+        );
+        set.remove(id);
+        let e = &mut self.entries[id as usize];
+        e.refs -= 1;
+        if e.refs == 0 {
+            self.lent -= 1;
+            if !e.local {
+                self.release(id);
+            }
+        }
     }
 
     /// Recounts where every buffer is and checks it against the pool's counters, the free
