@@ -110,8 +110,9 @@ enum Group {
 
 #[derive(Args, Clone)]
 struct IpcArgs {
-    /// 64-byte messages sent per message-rate peer.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// 64-byte messages sent per message-rate peer, in three rounds that take turns with
+    /// the other peers.
+    #[arg(long, default_value_t = 3_000_000)]
     messages: u64,
     /// Timed ping-pong round trips per latency peer, in three rounds that take turns with
     /// the other peers (each round after a tenth as many, at most 10,000, untimed warm-up

@@ -68,8 +68,8 @@ pub(super) fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
 }
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Turns the latency peers take (see [`run`]).
-const LATENCY_ROUNDS: u64 = 3;
+/// Turns the message-rate and the latency peers take (see [`run`]).
+const ROUNDS: u64 = 3;
 
 /// Latency figures in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -604,28 +604,35 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let mut s = Session::new(p)?;
     let mut rate = Vec::new();
+    // The peers of a group take turns, a share of the work each per round, and each
+    // figure comes from all its rounds: where the host runs the two vCPUs drifts over
+    // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
     if p.groups.rate {
-        progress("message rate: rbuf batch 1");
-        rate.push(("rbuf batch 1", rbuf_rate(&mut s, p.messages, 1)?));
-        progress("message rate: rbuf batch 32");
-        rate.push(("rbuf batch 32", rbuf_rate(&mut s, p.messages, 32)?));
-        progress("message rate: unix seqpacket");
-        rate.push(("unix seqpacket", uds_rate(&mut s, p.messages)?));
-        progress("message rate: pipe");
-        rate.push(("pipe", pipe_rate(&mut s, p.messages)?));
-        progress("message rate: bare ring batch 1");
-        rate.push(("bare ring batch 1", bare::ring_rate(&mut s, p.messages, 1)?));
-        progress("message rate: bare ring batch 32");
-        rate.push((
-            "bare ring batch 32",
-            bare::ring_rate(&mut s, p.messages, 32)?,
-        ));
+        type Peer = fn(&mut Session, u64) -> Result<f64>;
+        let peers: [(&'static str, Peer); 6] = [
+            ("rbuf batch 1", |s, n| rbuf_rate(s, n, 1)),
+            ("rbuf batch 32", |s, n| rbuf_rate(s, n, 32)),
+            ("unix seqpacket", uds_rate),
+            ("pipe", pipe_rate),
+            ("bare ring batch 1", |s, n| bare::ring_rate(s, n, 1)),
+            ("bare ring batch 32", |s, n| bare::ring_rate(s, n, 32)),
+        ];
+        let per_round = p.messages.div_ceil(ROUNDS);
+        // The children that count what they receive expect a round's worth.
+        s.params.messages = per_round;
+        let mut secs = vec![0f64; peers.len()];
+        for round in 1..=ROUNDS {
+            for ((name, peer), t) in peers.iter().zip(&mut secs) {
+                progress(&format!("message rate, round {round} of {ROUNDS}: {name}"));
+                *t += per_round as f64 / peer(&mut s, per_round)?;
+            }
+        }
+        for ((name, _), t) in peers.iter().zip(secs) {
+            rate.push((*name, (per_round * ROUNDS) as f64 / t));
+        }
     }
     let mut lat = Vec::new();
     if p.groups.latency {
-        // The peers take turns, a share of the round trips each per round, and each
-        // figure comes from all its rounds: where the host runs the two vCPUs drifts over
-        // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
         type Peer = fn(&mut Session, u64) -> Result<Vec<u64>>;
         let peers: [(&'static str, Peer); 6] = [
             ("rbuf poll", |s, n| rbuf_latency(s, n, false)),
@@ -635,13 +642,11 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             ("bare cache line", bare::cache_line_latency),
             ("bare ring", bare::ring_latency),
         ];
-        let per_round = p.iters.div_ceil(LATENCY_ROUNDS);
+        let per_round = p.iters.div_ceil(ROUNDS);
         let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
-        for round in 1..=LATENCY_ROUNDS {
+        for round in 1..=ROUNDS {
             for ((name, peer), out) in peers.iter().zip(&mut samples) {
-                progress(&format!(
-                    "latency, round {round} of {LATENCY_ROUNDS}: {name}"
-                ));
+                progress(&format!("latency, round {round} of {ROUNDS}: {name}"));
                 out.extend(peer(&mut s, per_round)?);
             }
         }
