@@ -119,7 +119,8 @@ struct IpcArgs {
     /// ones).
     #[arg(long, default_value_t = 100_000)]
     iters: u64,
-    /// MiB moved per bulk peer, in 1 MiB messages.
+    /// MiB moved per bulk peer, in 1 MiB messages, in three rounds that take turns with
+    /// the other peers.
     #[arg(long, default_value_t = 2048)]
     bulk_mib: u64,
 }

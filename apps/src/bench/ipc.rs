@@ -600,16 +600,44 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     Ok(samples?)
 }
 
+/// A throughput peer: moves `n` units (messages, MiB) and returns units (messages,
+/// bytes) per second.
+type ThroughputPeer = fn(&mut Session, u64) -> Result<f64>;
+
+/// Runs each peer [`ROUNDS`] times for `per_round` units, taking turns; returns each
+/// peer's figure over all its rounds: `per_round * ROUNDS * scale` over its total time.
+fn take_turns(
+    s: &mut Session,
+    group: &str,
+    peers: &[(&'static str, ThroughputPeer)],
+    per_round: u64,
+    scale: f64,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<(&'static str, f64)>> {
+    let work = per_round as f64 * scale;
+    let mut secs = vec![0f64; peers.len()];
+    for round in 1..=ROUNDS {
+        for ((name, peer), t) in peers.iter().zip(&mut secs) {
+            progress(&format!("{group}, round {round} of {ROUNDS}: {name}"));
+            *t += work / peer(s, per_round)?;
+        }
+    }
+    Ok(peers
+        .iter()
+        .zip(secs)
+        .map(|((name, _), t)| (*name, work * ROUNDS as f64 / t))
+        .collect())
+}
+
 /// Runs every measurement and returns the figures.
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let mut s = Session::new(p)?;
-    let mut rate = Vec::new();
     // The peers of a group take turns, a share of the work each per round, and each
     // figure comes from all its rounds: where the host runs the two vCPUs drifts over
     // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
+    let mut rate = Vec::new();
     if p.groups.rate {
-        type Peer = fn(&mut Session, u64) -> Result<f64>;
-        let peers: [(&'static str, Peer); 6] = [
+        let peers: [(&'static str, ThroughputPeer); 6] = [
             ("rbuf batch 1", |s, n| rbuf_rate(s, n, 1)),
             ("rbuf batch 32", |s, n| rbuf_rate(s, n, 32)),
             ("unix seqpacket", uds_rate),
@@ -620,16 +648,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         let per_round = p.messages.div_ceil(ROUNDS);
         // The children that count what they receive expect a round's worth.
         s.params.messages = per_round;
-        let mut secs = vec![0f64; peers.len()];
-        for round in 1..=ROUNDS {
-            for ((name, peer), t) in peers.iter().zip(&mut secs) {
-                progress(&format!("message rate, round {round} of {ROUNDS}: {name}"));
-                *t += per_round as f64 / peer(&mut s, per_round)?;
-            }
-        }
-        for ((name, _), t) in peers.iter().zip(secs) {
-            rate.push((*name, (per_round * ROUNDS) as f64 / t));
-        }
+        rate = take_turns(&mut s, "message rate", &peers, per_round, 1.0, progress)?;
     }
     let mut lat = Vec::new();
     if p.groups.latency {
@@ -656,14 +675,22 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     }
     let mut bulk = Vec::new();
     if p.groups.bulk {
-        progress("bulk: rbuf");
-        bulk.push(("rbuf", rbuf_bulk(&mut s, p.bulk_mib)?));
-        progress("bulk: unix stream");
-        bulk.push(("unix stream", stream_bulk(&mut s, p.bulk_mib, false)?));
-        progress("bulk: pipe");
-        bulk.push(("pipe", stream_bulk(&mut s, p.bulk_mib, true)?));
-        progress("bulk: bare hand-over");
-        bulk.push(("bare hand-over", bare::handover_bulk(&mut s, p.bulk_mib)?));
+        let peers: [(&'static str, ThroughputPeer); 4] = [
+            ("rbuf", rbuf_bulk),
+            ("unix stream", |s, n| stream_bulk(s, n, false)),
+            ("pipe", |s, n| stream_bulk(s, n, true)),
+            ("bare hand-over", bare::handover_bulk),
+        ];
+        let per_round = p.bulk_mib.div_ceil(ROUNDS);
+        s.params.bulk_mib = per_round;
+        bulk = take_turns(
+            &mut s,
+            "bulk",
+            &peers,
+            per_round,
+            BULK_BYTES as f64,
+            progress,
+        )?;
         progress("bulk: one-core read bandwidth");
         bulk.push(("one-core read bandwidth", bare::read_bandwidth()));
     }
