@@ -349,6 +349,11 @@ impl Pool {
     /// Undoes [`Pool::lend`] for a buffer that could not be sent after all.
     pub fn unlend(&mut self, id: BufId, set: &mut LendSet) {
         assert!(set.contains(id), "unlend of buffer {id} not lent");
+        self.drop_lend(id, set);
+    }
+
+    /// Removes `id` (lent to the peer of `set`) from the set and drops that reference.
+    fn drop_lend(&mut self, id: BufId, set: &mut LendSet) {
         set.remove(id);
         let e = &mut self.entries[id as usize];
         e.refs -= 1;
@@ -371,12 +376,8 @@ impl Pool {
             return Err(IoRecError::NotLent { tag: rec.tag() });
         }
         self.check_inside(id, rec)?;
-        set.remove(id);
+        self.drop_lend(id, set);
         let e = &mut self.entries[id as usize];
-        e.refs -= 1;
-        if e.refs == 0 {
-            self.lent -= 1;
-        }
         if !e.local {
             e.local = true;
             self.local += 1;
@@ -401,14 +402,10 @@ impl Pool {
             set.contains(id),
             "end of a lending of buffer {id} that is not lent"
         );
-        set.remove(id);
-        let e = &mut self.entries[id as usize];
-        e.refs -= 1;
-        if e.refs == 0 {
-            self.lent -= 1;
-            if !e.local {
-                self.release(id);
-            }
+        self.drop_lend(id, set);
+        let e = &self.entries[id as usize];
+        if e.refs == 0 && !e.local {
+            self.release(id);
         }
     }
 

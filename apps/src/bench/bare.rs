@@ -75,12 +75,7 @@ fn child_cache_line_pong(sock: &Path) -> Result<()> {
 fn exchange_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
     let listener = unix_listener(sock, SocketType::SEQPACKET)?;
     let conn = rustix::net::accept(&listener)?;
-    let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
-    connect::send_with_fds(
-        &conn,
-        &(mine.len() as u64).to_le_bytes(),
-        &[mine.readonly_fd()?],
-    )?;
+    let mine = send_region(&conn, len)?;
     let (theirs, conn) = recv_region(conn)?;
     Ok((mine, theirs, conn))
 }
@@ -88,13 +83,19 @@ fn exchange_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)
 fn connect_regions(sock: &Path, len: usize) -> Result<(Region, Region, OwnedFd)> {
     let conn = unix_connect(sock, SocketType::SEQPACKET)?;
     let (theirs, conn) = recv_region(conn)?;
+    let mine = send_region(&conn, len)?;
+    Ok((mine, theirs, conn))
+}
+
+/// Creates our region of `len` bytes and sends the peer a read-only descriptor of it.
+fn send_region(conn: &OwnedFd, len: usize) -> Result<Region> {
     let mine = Region::create(c"bench-bare", len, PagePolicy::PreferHuge)?;
     connect::send_with_fds(
-        &conn,
+        conn,
         &(mine.len() as u64).to_le_bytes(),
         &[mine.readonly_fd()?],
     )?;
-    Ok((mine, theirs, conn))
+    Ok(mine)
 }
 
 fn recv_region(conn: OwnedFd) -> Result<(Region, OwnedFd)> {
