@@ -706,6 +706,12 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             "unix seqpacket",
         ),
         (
+            "msg_rate_batch1_vs_uds",
+            &rate,
+            "rbuf batch 1",
+            "unix seqpacket",
+        ),
+        (
             "msg_rate_batch32_vs_bare_ring",
             &rate,
             "rbuf batch 32",
@@ -716,12 +722,6 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             &rate,
             "rbuf batch 1",
             "bare ring batch 1",
-        ),
-        (
-            "msg_rate_batch1_vs_uds",
-            &rate,
-            "rbuf batch 1",
-            "unix seqpacket",
         ),
         (
             "latency_poll_vs_iceoryx2",
