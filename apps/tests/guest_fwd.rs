@@ -148,24 +148,19 @@ fn list_shows_bindings_and_fwd_refuses_unusable_devices_in_one_line() -> Result<
         .run(&script)?;
     let o = &out.output;
     assert_eq!(out.exit_status, 0, "{o}");
-    let line = |start: &str| {
-        o.lines()
-            .find(|l| l.starts_with(start))
-            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{o}"))
-    };
-    let listed = line(&vfio);
+    let listed = out.line_starting(&vfio);
     assert!(
         listed.contains("8086:100e") && listed.contains("vfio-pci") && listed.ends_with("ready"),
         "{listed}"
     );
-    let listed = line(&kernel);
+    let listed = out.line_starting(&kernel);
     assert!(
         listed.contains(" e1000 ")
             && listed.contains("group not viable")
             && listed.contains("[eth"),
         "{listed}"
     );
-    let listed = line(sibling);
+    let listed = out.line_starting(sibling);
     assert!(
         listed.contains(" e1000 ") && listed.contains("group not viable: 0000:01:02.0 (e1000)"),
         "{listed}"

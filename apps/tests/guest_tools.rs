@@ -123,15 +123,9 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
     let out = guest.wait()?;
     let o = &out.output;
     assert_eq!(out.exit_status, 0, "{o}");
-    let line = |start: &str| {
-        o.lines()
-            .find(|l| l.starts_with(start))
-            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{o}"))
-            .to_string()
-    };
 
     // bind/unbind: refused while up (one clear line), then to vfio-pci and back.
-    let iface = line("kernel-if ")["kernel-if ".len()..].to_string();
+    let iface = out.line_starting("kernel-if ")["kernel-if ".len()..].to_string();
     assert!(iface.starts_with("eth"), "{o}");
     assert!(o.contains("exit-bind-up 1"), "{o}");
     let refusals: Vec<&str> = o.lines().filter(|l| l.contains("which is up")).collect();
@@ -142,14 +136,14 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
     );
     assert!(o.contains("exit-bind 0"), "{o}");
     assert!(o.contains(&format!("{k}: e1000 -> vfio-pci")), "{o}");
-    let listed = line(&format!("{k} "));
+    let listed = out.line_starting(&format!("{k} "));
     assert!(
         listed.contains("vfio-pci") && listed.ends_with("ready"),
         "{listed}"
     );
     assert!(o.contains("exit-unbind 0"), "{o}");
     assert!(o.contains(&format!("{k}: vfio-pci -> e1000")), "{o}");
-    assert!(line("if-after-unbind ").contains("eth"), "{o}");
+    assert!(out.line_starting("if-after-unbind ").contains("eth"), "{o}");
     assert!(
         o.contains(&format!("{k}: already on vfio-pci (vfio-pci)")),
         "{o}"
@@ -175,7 +169,7 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
 
     // pktgen: every probe arrived intact at the host, over 4 flows, at the asked size.
     assert!(o.contains("exit-pktgen 0"), "{o}");
-    let summary = line("summary sent=");
+    let summary = out.line_starting("summary sent=");
     assert!(
         summary.starts_with(&format!("summary sent={PROBES} tx_done={PROBES} ")),
         "{summary}"
@@ -225,22 +219,22 @@ fn bind_unbind_pktgen_and_capture_in_one_guest() -> Result<(), HarnessError> {
     assert_eq!(sent.sent, CAPTURED);
     assert!(o.contains("exit-capture 0"), "{o}");
     assert_eq!(
-        line("tshark-count "),
+        out.line_starting("tshark-count "),
         format!("tshark-count {CAPTURED}"),
         "{o}"
     );
     assert_eq!(
-        line("tcpdump-count "),
+        out.line_starting("tcpdump-count "),
         format!("tcpdump-count {CAPTURED}"),
         "{o}"
     );
     assert_eq!(
-        line("tshark-bytes "),
+        out.line_starting("tshark-bytes "),
         format!("tshark-bytes {}", sent.bytes),
         "{o}"
     );
     assert!(
-        line("summary frames=")
+        out.line_starting("summary frames=")
             .starts_with(&format!("summary frames={CAPTURED} bytes={} ", sent.bytes)),
         "{o}"
     );

@@ -12,7 +12,9 @@ use rbufnic_tests::{
 
 mod common;
 
-use common::{PEER_MAC, field, frames_bytes, interrupt_counts, number_after, smoke_cmd, stat};
+use common::{
+    PEER_MAC, field, frames_bytes, interrupt_counts, lines_after, rx_times, smoke_cmd, stat,
+};
 
 #[test]
 fn ten_thousand_frames_each_way_arrive_byte_exact_and_the_counters_agree()
@@ -71,20 +73,9 @@ fn interrupt_mode_receives_a_burst_without_busy_polling() -> Result<(), HarnessE
     }
     let out = guest.wait()?;
     assert_eq!(out.exit_status, 0, "{}", out.output);
-    let runs: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("rx "))
-        .collect();
+    let runs = rx_times(&out);
     assert_eq!(runs.len(), 2, "{}", out.output);
-    let (irq_wall, irq_cpu) = (
-        number_after(runs[0], "wall-ms"),
-        number_after(runs[0], "cpu-ms"),
-    );
-    let (poll_wall, poll_cpu) = (
-        number_after(runs[1], "wall-ms"),
-        number_after(runs[1], "cpu-ms"),
-    );
+    let ((irq_wall, irq_cpu), (poll_wall, poll_cpu)) = (runs[0], runs[1]);
     eprintln!(
         "interrupts: {irq_cpu} ms CPU in {irq_wall} ms; polling: {poll_cpu} ms CPU in {poll_wall} ms"
     );
@@ -135,11 +126,7 @@ fn the_iommu_refuses_dma_outside_the_mappings_and_into_tx_areas() -> Result<(), 
     }
     let out = guest.wait()?;
     assert_eq!(out.exit_status, 0, "{}", out.output);
-    let iovas: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("fault-iova "))
-        .collect();
+    let iovas = lines_after(&out, "fault-iova");
     assert_eq!(iovas.len(), 2, "{}", out.output);
     for iova in &iovas {
         // The guest kernel reports the IOMMU fault at exactly that address.
@@ -218,11 +205,7 @@ fn every_qemu_8254x_model_comes_up_with_its_mac_and_moves_frames() -> Result<(),
     }
     let out = guest.wait()?;
     assert_eq!(out.exit_status, 0, "{}", out.output);
-    let devices: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("device "))
-        .collect();
+    let devices = lines_after(&out, "device");
     assert_eq!(
         devices,
         [
@@ -233,11 +216,7 @@ fn every_qemu_8254x_model_comes_up_with_its_mac_and_moves_frames() -> Result<(),
         "{}",
         out.output
     );
-    let got: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("mac "))
-        .collect();
+    let got = lines_after(&out, "mac");
     let want: Vec<String> = macs.iter().map(ToString::to_string).collect();
     assert_eq!(got, want, "{}", out.output);
     let links = out

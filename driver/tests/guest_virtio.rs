@@ -10,7 +10,9 @@ use rbufnic_tests::{FrameGen, Guest, HarnessError, MacAddr, Nic, SendPlan, UdpPe
 
 mod common;
 
-use common::{PEER_MAC, field, frames_bytes, interrupt_counts, rx_times, smoke_cmd, stat};
+use common::{
+    PEER_MAC, field, frames_bytes, interrupt_counts, lines_after, rx_times, smoke_cmd, stat,
+};
 
 #[test]
 fn virtio_ten_thousand_frames_each_way_arrive_byte_exact_and_the_counters_agree()
@@ -122,11 +124,7 @@ fn virtio_the_iommu_refuses_dma_outside_the_mappings_and_into_tx_areas() -> Resu
     }
     let out = guest.wait()?;
     assert_eq!(out.exit_status, 0, "{}", out.output);
-    let iovas: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("fault-iova "))
-        .collect();
+    let iovas = lines_after(&out, "fault-iova");
     assert_eq!(iovas.len(), 2, "{}", out.output);
     for iova in &iovas {
         assert!(
@@ -221,17 +219,9 @@ fn virtio_without_access_platform_is_refused_and_any_nic_picks_the_driver()
         out.output
     );
     // "Open whatever NIC is at this address": each gets its own driver.
-    let drivers: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("driver "))
-        .collect();
+    let drivers = lines_after(&out, "driver");
     assert_eq!(drivers, ["e1000", "virtio-net"], "{}", out.output);
-    let macs: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("mac "))
-        .collect();
+    let macs = lines_after(&out, "mac");
     assert_eq!(
         macs,
         [

@@ -148,17 +148,7 @@ fn clean_wire() {
     assert_eq!(ping(&mut a, &mut remote, IpAddress::Ipv4(ip4(2)), 20), 20);
     assert_eq!(ping(&mut a, &mut remote, IpAddress::Ipv6(ip6(2)), 20), 20);
     let frames = read_pcap(&std::fs::read(&pcap_path).unwrap());
-    assert_eq!(
-        resolution_steps(&frames),
-        [
-            "arp who-has",
-            "arp is-at",
-            "ipv4 to B",
-            "nd solicit",
-            "nd advert",
-            "ipv6 to B"
-        ]
-    );
+    assert_eq!(resolution_steps(&frames), RESOLUTION);
     assert_eq!(udp_echo(&mut a, &mut remote, 10_000, 64), 10_000);
     let t = transfers(&mut a, &mut remote, true);
     let (want_down, want_up) = expected_digests();

@@ -121,17 +121,7 @@ fn arp_and_neighbour_discovery_resolve_the_peer() {
     let frames = read_pcap(&std::fs::read(&path).unwrap());
     std::fs::remove_file(&path).unwrap();
 
-    assert_eq!(
-        resolution_steps(&frames),
-        [
-            "arp who-has",
-            "arp is-at",
-            "ipv4 to B",
-            "nd solicit",
-            "nd advert",
-            "ipv6 to B"
-        ]
-    );
+    assert_eq!(resolution_steps(&frames), RESOLUTION);
 }
 
 // ---------- the NIC shape: RMM receive, TMM transmit, frames copied by "hardware" ----------

@@ -117,7 +117,8 @@ impl DataArea {
     pub fn prefetch_write(&self, e: Extent) {
         let start = e.offset() as usize;
         let end = start + (e.len() as usize).min(PREFETCH_BYTES);
-        for line in (start..end).step_by(64) {
+        // From the line holding the first byte, so an unaligned extent's last line counts.
+        for line in (start & !63..end).step_by(64) {
             self.region.prefetch_write(line);
         }
     }
@@ -191,5 +192,27 @@ impl DataArea {
             self.region
                 .bytes_mut(extent.offset() as usize, extent.len() as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_for_writing_leaves_the_bytes_and_ignores_what_is_outside() {
+        let area = DataArea::create(8192, PagePolicy::Shmem).unwrap();
+        area.write(100, b"unchanged").unwrap();
+        for e in [
+            Extent::new(90, 64),
+            Extent::new(0, 8192),
+            Extent::new(8100, 1000),
+            Extent::new(u32::MAX - 10, u32::MAX),
+        ] {
+            area.prefetch_write(e);
+        }
+        let mut got = [0u8; 9];
+        area.read(100, &mut got).unwrap();
+        assert_eq!(&got, b"unchanged");
     }
 }

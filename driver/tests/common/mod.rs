@@ -52,6 +52,14 @@ pub fn field<'a>(out: &'a GuestOutput, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key:?} line in guest output:\n{}", out.output))
 }
 
+/// What follows `key ` on every output line starting with it, in order.
+pub fn lines_after<'a>(out: &'a GuestOutput, key: &str) -> Vec<&'a str> {
+    out.output
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .collect()
+}
+
 /// `name=value` pairs of the `stats` line.
 pub fn stat(out: &GuestOutput, name: &str) -> u64 {
     field(out, "stats")
@@ -77,9 +85,8 @@ pub fn frames_bytes(stream: &FrameGen, count: u64) -> u64 {
 
 /// The `rx ...` lines of the output: (wall-ms, cpu-ms) of each receive run.
 pub fn rx_times(out: &GuestOutput) -> Vec<(u64, u64)> {
-    out.output
-        .lines()
-        .filter_map(|l| l.strip_prefix("rx "))
+    lines_after(out, "rx")
+        .into_iter()
         .map(|l| (number_after(l, "wall-ms"), number_after(l, "cpu-ms")))
         .collect()
 }
@@ -131,11 +138,7 @@ pub fn check_promiscuous_mode(
     peer.send(&FrameGen::new(next, other, PEER_MAC), &plan)?;
     let out = guest.wait()?;
     assert_eq!(out.exit_status, 0, "{}", out.output);
-    let runs: Vec<&str> = out
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("rx "))
-        .collect();
+    let runs = lines_after(&out, "rx");
     assert_eq!(runs.len(), 2, "{}", out.output);
     for run in runs {
         assert!(

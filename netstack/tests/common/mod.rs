@@ -380,6 +380,16 @@ pub fn expected_digests() -> ([u8; 32], [u8; 32]) {
     )
 }
 
+/// What [`resolution_steps`] must find after A pings B over IPv4, then over IPv6.
+pub const RESOLUTION: [&str; 6] = [
+    "arp who-has",
+    "arp is-at",
+    "ipv4 to B",
+    "nd solicit",
+    "nd advert",
+    "ipv6 to B",
+];
+
 /// What A's capture shows of address resolution, in order: ARP request and reply, the
 /// first IPv4 frame to B's MAC, ND solicitation and advertisement, the first IPv6 frame
 /// to B's MAC (each step checked for the right addresses).

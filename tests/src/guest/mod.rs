@@ -895,6 +895,17 @@ pub struct GuestOutput {
 }
 
 impl GuestOutput {
+    /// The first line of the command's output that starts with `start`; panics, showing
+    /// the output, if there is none.
+    pub fn line_starting(&self, start: &str) -> &str {
+        self.output
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{}", self.output))
+    }
+}
+
+impl GuestOutput {
     /// `self` if the command exited with 0, else [`HarnessError::GuestCommandFailed`] with
     /// the end of its output.
     pub fn expect_success(self) -> Result<GuestOutput, HarnessError> {
