@@ -84,7 +84,8 @@ enum Bench {
         /// Pin this process and the child to these two CPUs ("0,1"); "none" to not pin.
         #[arg(long, default_value = "0,1")]
         cpus: String,
-        /// Print one JSON object (figures and ratios) instead of the table.
+        /// Print one JSON object (figures, ratios and each round's ratios) instead of the
+        /// table.
         #[arg(long)]
         json: bool,
         /// Measure only these groups (comma-separated); ratios need both of their figures.
@@ -174,9 +175,18 @@ fn print_table(r: &IpcReport) {
         }
     }
     if !r.ratios.is_empty() {
-        println!("ratios (latency: lower is better)");
+        println!(
+            "{:<34} {:>14}   each round",
+            "ratios (latency: lower is better)", "whole run"
+        );
         for (name, v) in &r.ratios {
-            println!("  {name:<32} {v:>14.2}");
+            let rounds = r
+                .ratio_rounds
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>())
+                .unwrap_or_default();
+            println!("  {name:<32} {v:>14.2}   {}", rounds.join(" "));
         }
     }
 }
@@ -196,6 +206,12 @@ fn json(r: &IpcReport) -> serde_json::Value {
         }).collect()),
         "bulk_bytes_per_s": obj(&r.bulk),
         "ratios": obj(&r.ratios),
+        "ratio_rounds": serde_json::Value::Object(
+            r.ratio_rounds
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect()
+        ),
     })
 }
 

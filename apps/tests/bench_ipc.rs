@@ -26,6 +26,32 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
             .unwrap_or_else(|| panic!("ratio {key} in {v}"));
         assert!(r.is_finite() && r > 0.0, "{key} = {r}");
     }
+    // Every ratio also comes per round (three rounds); a throughput ratio over the whole
+    // run is a weighted mean of its rounds' ratios, so it lies within them.
+    let ratios = v["ratios"].as_object().expect("ratios");
+    for (key, whole) in ratios {
+        let whole = whole.as_f64().unwrap();
+        let rounds: Vec<f64> = v["ratio_rounds"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("ratio_rounds {key} in {v}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(rounds.len(), 3, "{key}: {rounds:?}");
+        assert!(
+            rounds.iter().all(|r| r.is_finite() && *r > 0.0),
+            "{key}: {rounds:?}"
+        );
+        if !key.starts_with("latency") {
+            let (lo, hi) = rounds
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            assert!(
+                whole >= lo * (1.0 - 1e-9) && whole <= hi * (1.0 + 1e-9),
+                "{key}: {whole} outside its rounds {rounds:?}"
+            );
+        }
+    }
     for peer in [
         "rbuf batch 1",
         "rbuf batch 32",

@@ -92,6 +92,9 @@ fn latency(mut one_way_ns: Vec<u64>) -> Latency {
 /// Named figures of one group.
 type Figures = [(&'static str, f64)];
 
+/// Each peer's figure in each round, in the order the rounds ran.
+type Rounds = Vec<(&'static str, Vec<f64>)>;
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct IpcReport {
@@ -103,6 +106,11 @@ pub struct IpcReport {
     pub bulk: Vec<(&'static str, f64)>,
     /// Ratios the targets are stated in.
     pub ratios: Vec<(&'static str, f64)>,
+    /// The same ratios from each round's figures alone (for latency, each round's
+    /// medians). A round's figures were taken close together, so their spread shows
+    /// how far the host moved during the run. For rate and bulk the ratio over the whole
+    /// run always lies within them.
+    pub ratio_rounds: Vec<(&'static str, Vec<f64>)>,
 }
 
 // ---------- the parent ----------
@@ -605,7 +613,8 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
 type ThroughputPeer = fn(&mut Session, u64) -> Result<f64>;
 
 /// Runs each peer [`ROUNDS`] times for `per_round` units, taking turns; returns each
-/// peer's figure over all its rounds: `per_round * ROUNDS * scale` over its total time.
+/// peer's figure over all its rounds (`per_round * ROUNDS * scale` over its total time)
+/// and its figure in each round.
 fn take_turns(
     s: &mut Session,
     group: &str,
@@ -613,20 +622,23 @@ fn take_turns(
     per_round: u64,
     scale: f64,
     progress: &mut dyn FnMut(&str),
-) -> Result<Vec<(&'static str, f64)>> {
+) -> Result<(Vec<(&'static str, f64)>, Rounds)> {
     let work = per_round as f64 * scale;
-    let mut secs = vec![0f64; peers.len()];
+    let mut rounds: Rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
     for round in 1..=ROUNDS {
-        for ((name, peer), t) in peers.iter().zip(&mut secs) {
+        for ((name, peer), (_, figures)) in peers.iter().zip(&mut rounds) {
             progress(&format!("{group}, round {round} of {ROUNDS}: {name}"));
-            *t += work / peer(s, per_round)?;
+            figures.push(peer(s, per_round)?);
         }
     }
-    Ok(peers
+    let all = rounds
         .iter()
-        .zip(secs)
-        .map(|((name, _), t)| (*name, work * ROUNDS as f64 / t))
-        .collect())
+        .map(|(name, figures)| {
+            let secs: f64 = figures.iter().map(|f| work / f).sum();
+            (*name, work * ROUNDS as f64 / secs)
+        })
+        .collect();
+    Ok((all, rounds))
 }
 
 /// Runs every measurement and returns the figures.
@@ -635,7 +647,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     // The peers of a group take turns, a share of the work each per round, and each
     // figure comes from all its rounds: where the host runs the two vCPUs drifts over
     // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
-    let mut rate = Vec::new();
+    let (mut rate, mut rate_rounds) = (Vec::new(), Rounds::new());
     if p.groups.rate {
         let peers: [(&'static str, ThroughputPeer); 6] = [
             ("rbuf batch 1", |s, n| rbuf_rate(s, n, 1)),
@@ -648,9 +660,9 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         let per_round = p.messages.div_ceil(ROUNDS);
         // The children that count what they receive expect a round's worth.
         s.params.messages = per_round;
-        rate = take_turns(&mut s, "message rate", &peers, per_round, 1.0, progress)?;
+        (rate, rate_rounds) = take_turns(&mut s, "message rate", &peers, per_round, 1.0, progress)?;
     }
-    let mut lat = Vec::new();
+    let (mut lat, mut lat_rounds) = (Vec::new(), Rounds::new());
     if p.groups.latency {
         type Peer = fn(&mut Session, u64) -> Result<Vec<u64>>;
         let peers: [(&'static str, Peer); 6] = [
@@ -663,17 +675,22 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         ];
         let per_round = p.iters.div_ceil(ROUNDS);
         let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+        lat_rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
         for round in 1..=ROUNDS {
-            for ((name, peer), out) in peers.iter().zip(&mut samples) {
+            for (((name, peer), out), (_, medians)) in
+                peers.iter().zip(&mut samples).zip(&mut lat_rounds)
+            {
                 progress(&format!("latency, round {round} of {ROUNDS}: {name}"));
-                out.extend(peer(&mut s, per_round)?);
+                let one_way = peer(&mut s, per_round)?;
+                medians.push(latency(one_way.clone()).median_ns);
+                out.extend(one_way);
             }
         }
         for ((name, _), v) in peers.iter().zip(samples) {
             lat.push((*name, latency(v)));
         }
     }
-    let mut bulk = Vec::new();
+    let (mut bulk, mut bulk_rounds) = (Vec::new(), Rounds::new());
     if p.groups.bulk {
         let peers: [(&'static str, ThroughputPeer); 4] = [
             ("rbuf", rbuf_bulk),
@@ -683,7 +700,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         ];
         let per_round = p.bulk_mib.div_ceil(ROUNDS);
         s.params.bulk_mib = per_round;
-        bulk = take_turns(
+        (bulk, bulk_rounds) = take_turns(
             &mut s,
             "bulk",
             &peers,
@@ -696,69 +713,83 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     }
 
     let find = |v: &Figures, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
+    let find_rounds = |v: &Rounds, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1.clone());
     let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
-    // (name, figures, numerator, denominator); a ratio is reported when both were measured.
-    let wanted: [(&'static str, &Figures, &str, &str); 10] = [
+    let (rate_group, latency_group, bulk_group) = (
+        (&rate[..], &rate_rounds),
+        (&medians[..], &lat_rounds),
+        (&bulk[..], &bulk_rounds),
+    );
+    // (name, group, numerator, denominator); a ratio is reported when both were measured.
+    let wanted: [(&'static str, (&Figures, &Rounds), &str, &str); 10] = [
         (
             "msg_rate_batch32_vs_uds",
-            &rate,
+            rate_group,
             "rbuf batch 32",
             "unix seqpacket",
         ),
         (
             "msg_rate_batch1_vs_uds",
-            &rate,
+            rate_group,
             "rbuf batch 1",
             "unix seqpacket",
         ),
         (
             "msg_rate_batch32_vs_bare_ring",
-            &rate,
+            rate_group,
             "rbuf batch 32",
             "bare ring batch 32",
         ),
         (
             "msg_rate_batch1_vs_bare_ring",
-            &rate,
+            rate_group,
             "rbuf batch 1",
             "bare ring batch 1",
         ),
         (
             "latency_poll_vs_iceoryx2",
-            &medians,
+            latency_group,
             "rbuf poll",
             "iceoryx2",
         ),
         (
             "latency_poll_vs_bare",
-            &medians,
+            latency_group,
             "rbuf poll",
             "bare cache line",
         ),
         (
             "latency_poll_vs_bare_ring",
-            &medians,
+            latency_group,
             "rbuf poll",
             "bare ring",
         ),
         (
             "latency_poll_vs_uds",
-            &medians,
+            latency_group,
             "rbuf poll",
             "unix seqpacket",
         ),
-        ("bulk_vs_bare_handoff", &bulk, "rbuf", "bare hand-over"),
-        ("bulk_vs_uds", &bulk, "rbuf", "unix stream"),
+        ("bulk_vs_bare_handoff", bulk_group, "rbuf", "bare hand-over"),
+        ("bulk_vs_uds", bulk_group, "rbuf", "unix stream"),
     ];
     let ratios = wanted
         .iter()
-        .filter_map(|&(name, v, a, b)| Some((name, find(v, a)? / find(v, b)?)))
+        .filter_map(|&(name, (v, _), a, b)| Some((name, find(v, a)? / find(v, b)?)))
+        .collect();
+    let ratio_rounds = wanted
+        .iter()
+        .filter_map(|&(name, (_, r), a, b)| {
+            let (a, b) = (find_rounds(r, a)?, find_rounds(r, b)?);
+            Some((name, a.iter().zip(&b).map(|(a, b)| a / b).collect()))
+        })
         .collect();
     Ok(IpcReport {
         rate,
         latency: lat,
         bulk,
         ratios,
+        ratio_rounds,
     })
 }
 
