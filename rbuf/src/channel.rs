@@ -645,10 +645,18 @@ impl Master {
         if kept == out.len() {
             return Ok(kept);
         }
-        let n = self
-            .link
-            .pop(&mut out[kept..])
-            .map_err(|e| self.fail(pool, e, true))?;
+        let n = match self.link.pop(&mut out[kept..]) {
+            Ok(n) => n,
+            // A departed peer's run returns were handed out above: those first, and
+            // `PeerGone` on the next call.
+            Err(Error::PeerGone) if kept > 0 => return Ok(kept),
+            Err(e) => {
+                for rec in &out[..kept] {
+                    pool.free(rec.tag() as BufId);
+                }
+                return Err(self.fail(pool, e, true));
+            }
+        };
         let mut fatal = None;
         let popped = kept..kept + n;
         for i in popped {
@@ -699,7 +707,9 @@ impl Master {
     }
 
     /// Receives returned buffers and frees them at once (TMM senders); returns how many.
-    /// Buffers that run returns give back go to the pool directly.
+    /// Buffers that run returns give back go to the pool directly. Once a departed peer's
+    /// last IOrecs are taken, the call that finds nothing more fails with
+    /// [`Error::PeerGone`] (and takes back whatever the peer still held).
     pub fn reclaim(&mut self, pool: &mut Pool) -> Result<usize, Error> {
         let mut buf = [IoRec::default(); 32];
         let mut total = 0;
@@ -707,7 +717,11 @@ impl Master {
             total += self
                 .free_runs(pool)
                 .map_err(|e| self.fail(pool, e, false))?;
-            let n = self.receive(pool, &mut buf, false)?;
+            let n = match self.receive(pool, &mut buf, false) {
+                Ok(n) => n,
+                Err(Error::PeerGone) if total > 0 => return Ok(total),
+                Err(e) => return Err(e),
+            };
             for rec in &buf[..n] {
                 pool.free(rec.tag() as BufId);
             }
@@ -889,6 +903,44 @@ mod tests {
         assert_eq!(recv_all(&mut master, &mut pool, 8), again[..2].to_vec());
         assert_eq!(master.lent().len(), 1);
         assert_eq!(master.link().stats().bad_iorecs, 0);
+    }
+
+    #[test]
+    fn a_departed_peers_last_returns_come_before_peer_gone() {
+        // 64 returns, two full reclaim batches: the pop after them finds the peer gone.
+        let (mut master, mut peer, mut pool) = tmm(128, 256);
+        send_n(&mut master, &mut pool, 64);
+        let mut got = [IoRec::default(); 64];
+        assert_eq!(peer.recv(&mut got).unwrap(), 64);
+        assert_eq!(peer.send(&got).unwrap(), 64);
+        peer.link().disconnect();
+        assert!(matches!(master.link().check_peer(), Err(Error::PeerGone)));
+        assert_eq!(master.reclaim(&mut pool).unwrap(), 64);
+        assert!(matches!(master.reclaim(&mut pool), Err(Error::PeerGone)));
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
+
+        // The same through `recv`, with buffers of a run return still to hand out.
+        let (mut master, mut peer, mut pool) = tmm(128, 256);
+        send_n(&mut master, &mut pool, 40);
+        assert_eq!(peer.recv(&mut got).unwrap(), 40);
+        assert!(peer.release(40).unwrap());
+        peer.link().disconnect();
+        assert!(matches!(master.link().check_peer(), Err(Error::PeerGone)));
+        let mut back = [IoRec::default(); 32];
+        let mut held = Vec::new();
+        loop {
+            match master.recv(&mut pool, &mut back) {
+                Ok(n) => held.extend(back[..n].iter().map(|r| r.tag() as BufId)),
+                Err(Error::PeerGone) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(held.len(), 40, "every buffer of the run handed back");
+        let acc = pool.audit(&[master.lent()]).unwrap();
+        assert_eq!((acc.local, acc.lent), (40, 0));
+        for id in held {
+            pool.free(id);
+        }
     }
 
     #[test]
