@@ -712,11 +712,15 @@ impl Master {
     /// [`Error::PeerGone`] (and takes back whatever the peer still held).
     pub fn reclaim(&mut self, pool: &mut Pool) -> Result<usize, Error> {
         let mut buf = [IoRec::default(); 32];
-        let mut total = 0;
+        let (mut total, mut more) = (0, true);
         loop {
+            // Buffers of runs pending from before, or received in the last batch.
             total += self
                 .free_runs(pool)
                 .map_err(|e| self.fail(pool, e, false))?;
+            if !more {
+                return Ok(total);
+            }
             let n = match self.receive(pool, &mut buf, false) {
                 Ok(n) => n,
                 Err(Error::PeerGone) if total > 0 => return Ok(total),
@@ -726,12 +730,7 @@ impl Master {
                 pool.free(rec.tag() as BufId);
             }
             total += n;
-            if n < buf.len() {
-                return Ok(total
-                    + self
-                        .free_runs(pool)
-                        .map_err(|e| self.fail(pool, e, false))?);
-            }
+            more = n == buf.len();
         }
     }
 

@@ -23,9 +23,9 @@
 //! The head count is still published, for the event indexes and as a check: whenever the
 //! consumer finds the next slot unstamped (an empty poll, a wait before it sleeps, and
 //! every 64th poll of a spinning wait, which otherwise watches the stamp alone) it reads
-//! `head` and checks it ([`Error::BadCount`]): never backwards, never more than the ring past `tail`,
-//! and never behind `tail` by more than the ring (an honest head may lag the stamps by up
-//! to one batch, since the stamps are written first). A head past `tail` whose slot is not
+//! `head` and checks it ([`Error::BadCount`]): never backwards, never more than the ring
+//! past `tail`, and never behind `tail` by more than the ring (an honest head may lag the
+//! stamps by up to one batch, since the stamps are written first). A head past `tail` whose slot is not
 //! stamped is a lie too ([`Error::BadStamp`]): the stamps are written before the head, so
 //! an `Acquire` read of the head makes them visible. A producer that forges stamps gets
 //! its forged IOrecs read, and the receiver validates those as any other.

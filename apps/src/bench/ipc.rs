@@ -68,7 +68,7 @@ pub(super) fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
 }
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Turns the message-rate and the latency peers take (see [`run`]).
+/// Turns the peers of each group take (see [`run`]).
 const ROUNDS: u64 = 3;
 
 /// Latency figures in nanoseconds.
@@ -608,22 +608,20 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     Ok(samples?)
 }
 
-/// A throughput peer: moves `n` units (messages, MiB) and returns units (messages,
-/// bytes) per second.
+/// A throughput peer: moves `n` units (messages, MiB) and returns what it moved
+/// (messages, bytes) per second.
 type ThroughputPeer = fn(&mut Session, u64) -> Result<f64>;
 
 /// Runs each peer [`ROUNDS`] times for `per_round` units, taking turns; returns each
-/// peer's figure over all its rounds (`per_round * ROUNDS * scale` over its total time)
-/// and its figure in each round.
+/// peer's figure over all its rounds (what it moved over its total time: every round
+/// moves the same, so the harmonic mean of the rounds) and its figure in each round.
 fn take_turns(
     s: &mut Session,
     group: &str,
     peers: &[(&'static str, ThroughputPeer)],
     per_round: u64,
-    scale: f64,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<(&'static str, f64)>, Rounds)> {
-    let work = per_round as f64 * scale;
     let mut rounds: Rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
     for round in 1..=ROUNDS {
         for ((name, peer), (_, figures)) in peers.iter().zip(&mut rounds) {
@@ -634,8 +632,8 @@ fn take_turns(
     let all = rounds
         .iter()
         .map(|(name, figures)| {
-            let secs: f64 = figures.iter().map(|f| work / f).sum();
-            (*name, work * ROUNDS as f64 / secs)
+            let secs_per_unit: f64 = figures.iter().map(|f| 1.0 / f).sum();
+            (*name, ROUNDS as f64 / secs_per_unit)
         })
         .collect();
     Ok((all, rounds))
@@ -660,7 +658,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         let per_round = p.messages.div_ceil(ROUNDS);
         // The children that count what they receive expect a round's worth.
         s.params.messages = per_round;
-        (rate, rate_rounds) = take_turns(&mut s, "message rate", &peers, per_round, 1.0, progress)?;
+        (rate, rate_rounds) = take_turns(&mut s, "message rate", &peers, per_round, progress)?;
     }
     let (mut lat, mut lat_rounds) = (Vec::new(), Rounds::new());
     if p.groups.latency {
@@ -682,8 +680,8 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             {
                 progress(&format!("latency, round {round} of {ROUNDS}: {name}"));
                 let one_way = peer(&mut s, per_round)?;
-                medians.push(latency(one_way.clone()).median_ns);
-                out.extend(one_way);
+                out.extend(&one_way);
+                medians.push(latency(one_way).median_ns);
             }
         }
         for ((name, _), v) in peers.iter().zip(samples) {
@@ -700,20 +698,14 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         ];
         let per_round = p.bulk_mib.div_ceil(ROUNDS);
         s.params.bulk_mib = per_round;
-        (bulk, bulk_rounds) = take_turns(
-            &mut s,
-            "bulk",
-            &peers,
-            per_round,
-            BULK_BYTES as f64,
-            progress,
-        )?;
+        (bulk, bulk_rounds) = take_turns(&mut s, "bulk", &peers, per_round, progress)?;
         progress("bulk: one-core read bandwidth");
         bulk.push(("one-core read bandwidth", bare::read_bandwidth()));
     }
 
-    let find = |v: &Figures, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1);
-    let find_rounds = |v: &Rounds, k: &str| v.iter().find(|(n, _)| *n == k).map(|x| x.1.clone());
+    fn find<'a, T>(v: &'a [(&'static str, T)], k: &str) -> Option<&'a T> {
+        v.iter().find(|(n, _)| *n == k).map(|(_, x)| x)
+    }
     let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
     let (rate_group, latency_group, bulk_group) = (
         (&rate[..], &rate_rounds),
@@ -780,8 +772,8 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let ratio_rounds = wanted
         .iter()
         .filter_map(|&(name, (_, r), a, b)| {
-            let (a, b) = (find_rounds(r, a)?, find_rounds(r, b)?);
-            Some((name, a.iter().zip(&b).map(|(a, b)| a / b).collect()))
+            let (a, b) = (find(r, a)?, find(r, b)?);
+            Some((name, a.iter().zip(b).map(|(a, b)| a / b).collect()))
         })
         .collect();
     Ok(IpcReport {
