@@ -93,6 +93,9 @@ pub const DEFAULT_SPINS: u32 = 200;
 /// polls (and before it sleeps); the others look at the next slot's stamp only.
 const HEAD_CHECK_SPINS: u32 = 64;
 
+/// Stale entries the lending order may hold beyond twice the pool before it is compacted.
+const ORDER_SLACK: usize = 64;
+
 /// What a link is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Await {
@@ -285,6 +288,13 @@ impl Link {
         }
     }
 
+    /// Free slots in the outgoing ring, enough for `want` or as many as there are (see
+    /// [`Producer::room`]): a push of that many right now fits.
+    pub(crate) fn room(&mut self, want: usize) -> Result<usize, Error> {
+        self.alive()?;
+        self.out.room(want).map_err(|e| self.violation(e))
+    }
+
     /// Pushes IOrecs to the peer; returns how many fit. Rings the peer only if it sleeps.
     pub fn push(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
         self.alive()?;
@@ -449,13 +459,12 @@ impl Link {
 pub struct Master {
     link: Link,
     lent: LendSet,
-    /// Buffers in the order they were lent, each with its lending number; an entry is
-    /// stale once the buffer came back (it is no longer lent, or lent again later).
-    order: VecDeque<(BufId, u64)>,
-    /// The lending number of each buffer's current lending to this peer.
-    lent_at: Vec<u64>,
-    /// Lendings so far.
-    lendings: u64,
+    /// Buffers in the order they were lent. The entry at index `i` is lending number
+    /// `first + i`; it is stale once the buffer came back (the lend set no longer holds
+    /// it under that number: not lent, or lent again later).
+    order: VecDeque<BufId>,
+    /// The lending number of the entry at the front of `order`.
+    first: u64,
     /// Buffers that run returns gave back and `recv` has not handed out yet (still
     /// counted as lent until then).
     run_left: u64,
@@ -470,33 +479,44 @@ impl Master {
                 link.role, link.mode
             )));
         }
+        // Only TMM keeps a lending order (run returns). It is compacted once past twice
+        // the pool plus ORDER_SLACK (by up to one batch), so this room rarely grows.
+        let order_room = match link.mode {
+            Mode::Tmm => 2 * pool_capacity + 2 * ORDER_SLACK,
+            Mode::Rmm => 0,
+        };
         Ok(Master {
             link,
             lent: LendSet::new(pool_capacity),
-            order: VecDeque::with_capacity(pool_capacity),
-            lent_at: vec![0; pool_capacity],
-            lendings: 0,
+            order: VecDeque::with_capacity(order_room),
+            first: 1,
             run_left: 0,
         })
     }
 
-    /// Records that `recs` were lent, in this order (for run returns).
-    fn record_order(&mut self, recs: &[IoRec]) {
-        if self.link.mode != Mode::Tmm {
+    /// Records that `id` was lent after every buffer recorded so far (for run returns).
+    #[inline]
+    fn record_lending(&mut self, id: BufId) {
+        let n = self.first + self.order.len() as u64;
+        self.lent.set_number(id, n);
+        self.order.push_back(id);
+    }
+
+    /// Drops the stale entries (buffers returned one by one) of the lending order once
+    /// they outnumber the live ones, and numbers the live ones afresh from the front.
+    /// (Runs drop stale entries at the front as they pass them.)
+    fn compact_order(&mut self) {
+        if self.order.len() <= 2 * self.lent.capacity() + ORDER_SLACK {
             return;
         }
-        for rec in recs {
-            let id = rec.tag() as BufId;
-            self.lendings += 1;
-            self.lent_at[id as usize] = self.lendings;
-            self.order.push_back((id, self.lendings));
-        }
-        // Stale entries (buffers returned one by one) are dropped at the front as runs
-        // pass them; drop them everywhere once they outnumber the live ones.
-        if self.order.len() > 2 * self.lent_at.len() + 64 {
-            let (lent, lent_at) = (&self.lent, &self.lent_at);
-            self.order
-                .retain(|&(id, n)| lent.contains(id) && lent_at[id as usize] == n);
+        let (lent, first) = (&self.lent, self.first);
+        let mut n = first;
+        self.order.retain(|&id| {
+            n += 1;
+            lent.number(id) == n - 1
+        });
+        for (i, &id) in self.order.iter().enumerate() {
+            self.lent.set_number(id, first + i as u64);
         }
     }
 
@@ -506,7 +526,7 @@ impl Master {
     /// violation evicts the peer.
     fn next_run_buffer(&mut self) -> Result<Option<BufId>, Error> {
         while self.run_left > 0 {
-            let Some((id, n)) = self.order.pop_front() else {
+            let Some(id) = self.order.pop_front() else {
                 // Only after the peer returned one by one buffers its run had covered.
                 let count = std::mem::take(&mut self.run_left);
                 let e = IoRecError::RunTooLong {
@@ -518,7 +538,9 @@ impl Master {
                     _ => Ok(None),
                 };
             };
-            if self.lent.contains(id) && self.lent_at[id as usize] == n {
+            let n = self.first;
+            self.first += 1;
+            if self.lent.number(id) == n {
                 self.run_left -= 1;
                 return Ok(Some(id));
             }
@@ -580,19 +602,33 @@ impl Master {
 
     /// Sends IOrecs of buffers the master holds (tag = buffer id, extents inside the
     /// buffer); returns how many fit in the ring. The sent buffers are lent to the peer.
+    /// Only those that fit are checked: a bad IOrec is refused once there is room for it.
     pub fn send(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
-        let n = self.offer(pool, recs)?;
-        for rec in &recs[..n] {
-            pool.unhold(rec.tag() as BufId);
-        }
-        Ok(n)
+        self.lend_out(pool, recs, false)
     }
 
     /// As [`Master::send`], but the master keeps its hold on the buffers too (multicast
     /// offers one buffer to several peers, then drops its hold with [`Pool::unhold`]).
     pub fn offer(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
-        // Lend first (which also refuses a buffer named twice), then push, then undo the
-        // lending of whatever did not fit.
+        self.lend_out(pool, recs, true)
+    }
+
+    /// Lends and pushes the buffers of as many of `recs` as fit in the ring; the master
+    /// keeps its hold on them if `keep_hold` ([`Master::offer`]), else drops it.
+    fn lend_out(
+        &mut self,
+        pool: &mut Pool,
+        recs: &[IoRec],
+        keep_hold: bool,
+    ) -> Result<usize, Error> {
+        // Only what fits is lent: this side is the ring's one producer, so the room
+        // cannot shrink before the push.
+        let room = self
+            .link
+            .room(recs.len())
+            .map_err(|e| self.fail(pool, e, false))?;
+        let recs = &recs[..recs.len().min(room)];
+        // Lend first (which also refuses a buffer named twice), then push.
         for (i, rec) in recs.iter().enumerate() {
             if let Err(e) = pool
                 .check_local(rec)
@@ -613,10 +649,23 @@ impl Master {
                 return Err(self.fail(pool, e, false));
             }
         };
+        debug_assert_eq!(n, recs.len(), "the room was there");
         for undo in &recs[n..] {
             pool.unlend(undo.tag() as BufId, &mut self.lent);
         }
-        self.record_order(&recs[..n]);
+        let ordered = self.link.mode == Mode::Tmm;
+        for rec in &recs[..n] {
+            let id = rec.tag() as BufId;
+            if ordered {
+                self.record_lending(id);
+            }
+            if !keep_hold {
+                pool.unhold(id);
+            }
+        }
+        if ordered {
+            self.compact_order();
+        }
         Ok(n)
     }
 
@@ -797,10 +846,11 @@ impl Peer {
         let area_bytes = self.link.area.len();
         let mut kept = 0;
         for i in 0..n {
-            let rec = out[i];
-            match rec.validate(area_bytes) {
+            match out[i].validate(area_bytes) {
                 Ok(()) => {
-                    out[kept] = rec;
+                    if kept != i {
+                        out[kept] = out[i];
+                    }
                     kept += 1;
                 }
                 Err(e) => {
@@ -1044,5 +1094,41 @@ mod tests {
         assert_eq!(peer.recv(&mut got).unwrap(), 8);
         assert!(peer.release(8).unwrap());
         assert_eq!(recv_all(&mut master, &mut pool, 8).len(), 8);
+    }
+
+    #[test]
+    fn compacting_the_lending_order_keeps_the_live_lendings_in_order() {
+        let (mut master, mut peer, mut pool) = tmm(64, 16);
+        let mut got = [IoRec::default(); 8];
+        // The peer keeps one buffer of each of the first four batches and returns all
+        // the others one by one, so the live lendings sit between stale entries that
+        // pile up until the order is compacted (and the live ones numbered afresh).
+        let mut kept = Vec::new();
+        let mut compacted = 0;
+        for round in 0..100 {
+            let before = master.order.len();
+            let sent = send_n(&mut master, &mut pool, 8);
+            compacted += usize::from(master.order.len() < before);
+            assert_eq!(peer.recv(&mut got).unwrap(), 8);
+            let keep = round < 4;
+            if keep {
+                kept.push(sent[5]);
+            }
+            let back: Vec<IoRec> = (0..8)
+                .filter(|&i| !keep || i != 5)
+                .map(|i| got[i])
+                .collect();
+            assert_eq!(peer.send(&back).unwrap(), back.len());
+            for id in recv_all(&mut master, &mut pool, 8) {
+                pool.free(id);
+            }
+        }
+        assert!(compacted >= 5, "compacted {compacted} times");
+        kept.extend(send_n(&mut master, &mut pool, 2));
+        assert_eq!(peer.recv(&mut got).unwrap(), 2);
+        assert!(peer.release(6).unwrap());
+        assert_eq!(recv_all(&mut master, &mut pool, 8), kept);
+        assert!(master.lent().is_empty());
+        assert_eq!(master.link().stats().bad_iorecs, 0);
     }
 }

@@ -214,11 +214,10 @@ impl IoRec {
         }
     }
 
-    /// This copy with the `reserved` word zeroed (a copy read out of a ring slot carries
-    /// the slot's stamp there).
-    pub(crate) fn without_stamp(mut self) -> IoRec {
+    /// Zeroes the `reserved` word (a copy read out of a ring slot carries the slot's
+    /// stamp there).
+    pub(crate) fn clear_stamp(&mut self) {
         self.reserved = 0;
-        self
     }
 
     /// Sum of the extent lengths.
@@ -295,7 +294,8 @@ mod tests {
         assert_eq!(back, rec);
         back.reserved = 0xdead_beef;
         assert_ne!(back, rec);
-        assert_eq!(back.without_stamp(), rec);
+        back.clear_stamp();
+        assert_eq!(back, rec);
     }
 
     #[test]

@@ -61,18 +61,27 @@ pub struct Accounting {
     pub free_bytes: u64,
 }
 
-/// The set of buffers lent to one peer (a bit per buffer).
+/// The set of buffers lent to one peer.
+///
+/// Each buffer id has one word: 0 when the buffer is not lent to this peer, else the
+/// number of its lending, which the master's lending order uses to tell a live entry from
+/// a stale one ([`LENT_UNNUMBERED`] until the master numbers it). Membership and number
+/// are one load, so the run-return path reads one word per buffer.
 #[derive(Debug, Clone)]
 pub struct LendSet {
-    bits: Vec<u64>,
+    at: Vec<u64>,
     count: usize,
 }
+
+/// The number of a lending that is not in a lending order (RMM, multicast bookkeeping,
+/// or between [`Pool::lend`] and the push that makes it final).
+pub(crate) const LENT_UNNUMBERED: u64 = u64::MAX;
 
 impl LendSet {
     /// An empty set for a pool of `capacity` buffer ids.
     pub fn new(capacity: usize) -> LendSet {
         LendSet {
-            bits: vec![0; capacity.div_ceil(64)],
+            at: vec![0; capacity],
             count: 0,
         }
     }
@@ -87,30 +96,42 @@ impl LendSet {
         self.count == 0
     }
 
+    /// Number of buffer ids the set covers.
+    pub(crate) fn capacity(&self) -> usize {
+        self.at.len()
+    }
+
     /// Whether the peer holds `id`.
     pub fn contains(&self, id: BufId) -> bool {
-        let i = id as usize;
-        i / 64 < self.bits.len() && self.bits[i / 64] & (1 << (i % 64)) != 0
+        self.number(id) != 0
+    }
+
+    /// The number of the lending of `id` to this peer: 0 if it is not lent.
+    #[inline]
+    pub(crate) fn number(&self, id: BufId) -> u64 {
+        self.at.get(id as usize).copied().unwrap_or(0)
+    }
+
+    /// Numbers the lending of `id` (lent to this peer): `n` is neither 0 nor
+    /// [`LENT_UNNUMBERED`].
+    #[inline]
+    pub(crate) fn set_number(&mut self, id: BufId, n: u64) {
+        debug_assert!(self.contains(id) && n != 0 && n != LENT_UNNUMBERED);
+        self.at[id as usize] = n;
     }
 
     fn insert(&mut self, id: BufId) {
-        let i = id as usize;
-        self.bits[i / 64] |= 1 << (i % 64);
+        self.at[id as usize] = LENT_UNNUMBERED;
         self.count += 1;
     }
 
     fn remove(&mut self, id: BufId) {
-        let i = id as usize;
-        self.bits[i / 64] &= !(1 << (i % 64));
+        self.at[id as usize] = 0;
         self.count -= 1;
     }
 
     fn iter(&self) -> impl Iterator<Item = BufId> + '_ {
-        self.bits.iter().enumerate().flat_map(|(w, &word)| {
-            (0..64)
-                .filter(move |b| word & (1 << b) != 0)
-                .map(move |b| (w * 64 + b) as BufId)
-        })
+        (0..self.at.len() as BufId).filter(|&id| self.at[id as usize] != 0)
     }
 }
 
@@ -140,6 +161,23 @@ fn take_range(ranges: &mut Vec<(u32, u32)>, next: u32, want: u32) -> Option<u32>
         }
     }
     Some(offset)
+}
+
+/// Gives `len` bytes at `offset` back to an extent pool's sorted free ranges, merged with
+/// the free bytes on either side.
+fn give_range(ranges: &mut Vec<(u32, u32)>, offset: u32, len: u32) {
+    let at = ranges.partition_point(|&(o, _)| o < offset);
+    let merges_next = at < ranges.len() && offset + len == ranges[at].0;
+    let merges_prev = at > 0 && ranges[at - 1].0 + ranges[at - 1].1 == offset;
+    match (merges_prev, merges_next) {
+        (true, true) => {
+            ranges[at - 1].1 += len + ranges[at].1;
+            ranges.remove(at);
+        }
+        (true, false) => ranges[at - 1].1 += len,
+        (false, true) => ranges[at] = (offset, len + ranges[at].1),
+        (false, false) => ranges.insert(at, (offset, len)),
+    }
 }
 
 /// The master's pool over one data area.
@@ -229,7 +267,12 @@ impl Pool {
         self.free_ids.len()
     }
 
+    // The per-buffer steps (alloc, check, lend, free, end of a lending) are `#[inline]`,
+    // so the batch loops over them (a sender's allocations, `Master::send` and
+    // `Master::reclaim`) run without a call per buffer.
+
     /// Allocates a buffer of at least `len_bytes`; the master holds it.
+    #[inline]
     pub fn alloc(&mut self, len_bytes: usize) -> Result<BufId, crate::Error> {
         match &mut self.kind {
             Kind::Slots { slot_bytes } => {
@@ -277,6 +320,7 @@ impl Pool {
     }
 
     /// The whole extent of buffer `id` (offset and capacity).
+    #[inline]
     pub fn extent(&self, id: BufId) -> Extent {
         let e = &self.entries[id as usize];
         Extent::new(e.offset, e.len)
@@ -289,6 +333,7 @@ impl Pool {
     }
 
     /// Frees a buffer the master holds.
+    #[inline]
     pub fn free(&mut self, id: BufId) {
         let e = &mut self.entries[id as usize];
         assert!(
@@ -302,32 +347,19 @@ impl Pool {
         }
     }
 
+    #[inline]
     fn release(&mut self, id: BufId) {
-        match &mut self.kind {
-            Kind::Slots { .. } => self.free_ids.push(id),
-            Kind::Extents { ranges, .. } => {
-                let e = &mut self.entries[id as usize];
-                e.live = false;
-                let (offset, len) = (e.offset, e.len);
-                let at = ranges.partition_point(|&(o, _)| o < offset);
-                let merges_next = at < ranges.len() && offset + len == ranges[at].0;
-                let merges_prev = at > 0 && ranges[at - 1].0 + ranges[at - 1].1 == offset;
-                match (merges_prev, merges_next) {
-                    (true, true) => {
-                        ranges[at - 1].1 += len + ranges[at].1;
-                        ranges.remove(at);
-                    }
-                    (true, false) => ranges[at - 1].1 += len,
-                    (false, true) => ranges[at] = (offset, len + ranges[at].1),
-                    (false, false) => ranges.insert(at, (offset, len)),
-                }
-                self.free_ids.push(id);
-            }
+        if let Kind::Extents { ranges, .. } = &mut self.kind {
+            let e = &mut self.entries[id as usize];
+            e.live = false;
+            give_range(ranges, e.offset, e.len);
         }
+        self.free_ids.push(id);
     }
 
     /// Checks that `rec` names buffer `rec.tag()` held by the master, with every extent
     /// inside it (the master's own mistake otherwise, reported the same way).
+    #[inline]
     pub fn check_local(&self, rec: &IoRec) -> Result<BufId, IoRecError> {
         let id = self.lookup(rec.tag())?;
         if !self.entries[id as usize].local {
@@ -337,6 +369,7 @@ impl Pool {
         Ok(id)
     }
 
+    #[inline]
     fn lookup(&self, tag: u64) -> Result<BufId, IoRecError> {
         match self.entries.get(tag as usize) {
             Some(e) if tag <= u64::from(u32::MAX) && e.live => Ok(tag as BufId),
@@ -344,6 +377,7 @@ impl Pool {
         }
     }
 
+    #[inline]
     fn check_inside(&self, id: BufId, rec: &IoRec) -> Result<(), IoRecError> {
         let count = rec.raw_count();
         if usize::from(count) > crate::MAX_EXTENTS {
@@ -366,6 +400,7 @@ impl Pool {
 
     /// Lends buffer `id` (held by the master) to the peer of `set`, keeping the master's
     /// hold (multicast offers one buffer to several peers, then calls [`Pool::unhold`]).
+    #[inline]
     pub fn lend(&mut self, id: BufId, set: &mut LendSet) -> Result<(), IoRecError> {
         let e = &mut self.entries[id as usize];
         if !(e.live && e.local) || set.contains(id) {
@@ -386,6 +421,7 @@ impl Pool {
     }
 
     /// Removes `id` (lent to the peer of `set`) from the set and drops that reference.
+    #[inline]
     fn drop_lend(&mut self, id: BufId, set: &mut LendSet) {
         set.remove(id);
         let e = &mut self.entries[id as usize];
@@ -396,6 +432,7 @@ impl Pool {
     }
 
     /// Drops the master's hold on a buffer it lent; frees it if nobody took it.
+    #[inline]
     pub fn unhold(&mut self, id: BufId) {
         self.free(id)
     }
@@ -430,6 +467,7 @@ impl Pool {
 
     /// Ends the lending of buffer `id` to the peer of `set` (which holds it): the buffer
     /// becomes free once no peer and not the master holds it.
+    #[inline]
     pub(crate) fn end_lend(&mut self, id: BufId, set: &mut LendSet) {
         assert!(
             set.contains(id),

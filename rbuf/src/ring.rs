@@ -201,14 +201,21 @@ impl Producer {
         Ok(self.slots - self.head.wrapping_sub(self.tail) as usize)
     }
 
+    /// Free slots, enough for `want` or as many as there are: from the consumer's tail
+    /// as last read, re-read (and checked) only when that leaves fewer than `want`.
+    #[inline]
+    pub fn room(&mut self, want: usize) -> Result<usize, Error> {
+        let free = self.slots - self.head.wrapping_sub(self.tail) as usize;
+        if free >= want {
+            return Ok(free);
+        }
+        self.free()
+    }
+
     /// Pushes as many of `recs` as fit and publishes them with one head update.
     /// Returns how many were pushed and whether the consumer asked to be woken.
     pub fn push(&mut self, recs: &[IoRec]) -> Result<(usize, bool), Error> {
-        let mut free = self.slots - self.head.wrapping_sub(self.tail) as usize;
-        if free < recs.len() {
-            free = self.free()?;
-        }
-        let n = free.min(recs.len());
+        let n = self.room(recs.len())?.min(recs.len());
         if n == 0 {
             return Ok((0, false));
         }
@@ -397,8 +404,8 @@ impl Consumer {
             if !self.stamped(seq) {
                 break;
             }
-            let rec: IoRec = self.peer.read_volatile(slot_at(seq, self.slots));
-            out[n] = rec.without_stamp();
+            out[n] = self.peer.read_volatile(slot_at(seq, self.slots));
+            out[n].clear_stamp();
             n += 1;
         }
         n
