@@ -227,6 +227,7 @@ impl Link {
             .expect("links made by the handshake have a connection")
     }
 
+    #[inline]
     fn alive(&self) -> Result<(), Error> {
         match &self.dead {
             None => Ok(()),
@@ -240,6 +241,7 @@ impl Link {
 
     /// Like `alive`, but a peer that merely left (exited, closed) still lets us take what
     /// it published before it went: its memory stays mapped here. An evicted one does not.
+    #[inline]
     fn drainable(&self) -> Result<(), Error> {
         match &self.dead {
             Some(DeadReason::Gone) => Ok(()),
@@ -290,12 +292,14 @@ impl Link {
 
     /// Free slots in the outgoing ring, enough for `want` or as many as there are (see
     /// [`Producer::room`]): a push of that many right now fits.
+    #[inline]
     pub(crate) fn room(&mut self, want: usize) -> Result<usize, Error> {
         self.alive()?;
         self.out.room(want).map_err(|e| self.violation(e))
     }
 
     /// Pushes IOrecs to the peer; returns how many fit. Rings the peer only if it sleeps.
+    #[inline]
     pub fn push(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
         self.alive()?;
         let (n, wake) = self.out.push(recs).map_err(|e| self.violation(e))?;
@@ -308,6 +312,7 @@ impl Link {
     }
 
     /// Pops IOrecs from the peer, unvalidated copies; the typed ends validate them.
+    #[inline]
     fn pop(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
         self.drainable()?;
         let (n, wake) = self.inp.pop(out).map_err(|e| self.violation(e))?;
@@ -686,7 +691,7 @@ impl Master {
         deliver_runs: bool,
     ) -> Result<usize, Error> {
         let mut kept = 0;
-        if deliver_runs {
+        if deliver_runs && self.run_left > 0 {
             kept = self
                 .deliver_run(pool, out)
                 .map_err(|e| self.fail(pool, e, false))?;
@@ -709,7 +714,7 @@ impl Master {
         let mut fatal = None;
         let popped = kept..kept + n;
         for i in popped {
-            let rec = out[i];
+            let rec = &out[i];
             let taken = match rec.run_len() {
                 Some(count) if self.link.mode == Mode::Tmm => {
                     let pending = self.run_left.saturating_add(count);
@@ -723,11 +728,13 @@ impl Master {
                         continue;
                     }
                 }
-                _ => pool.take_back(&rec, &mut self.lent).map(|_| ()),
+                _ => pool.take_back(rec, &mut self.lent).map(|_| ()),
             };
             match taken {
                 Ok(()) => {
-                    out[kept] = rec;
+                    if kept != i {
+                        out[kept] = out[i];
+                    }
                     kept += 1;
                 }
                 Err(e) => {
@@ -738,7 +745,7 @@ impl Master {
                 }
             }
         }
-        if fatal.is_none() && deliver_runs {
+        if fatal.is_none() && deliver_runs && self.run_left > 0 {
             // Runs received in this batch: their buffers fill what room is left.
             match self.deliver_run(pool, &mut out[kept..]) {
                 Ok(w) => kept += w,

@@ -214,6 +214,7 @@ impl Producer {
 
     /// Pushes as many of `recs` as fit and publishes them with one head update.
     /// Returns how many were pushed and whether the consumer asked to be woken.
+    #[inline]
     pub fn push(&mut self, recs: &[IoRec]) -> Result<(usize, bool), Error> {
         let n = self.room(recs.len())?.min(recs.len());
         if n == 0 {
@@ -414,6 +415,7 @@ impl Consumer {
     /// Pops up to `out.len()` IOrecs (copies, unvalidated) and releases their slots with
     /// one tail update. Returns how many and whether the producer asked to be woken.
     /// Finding nothing stamped, it reads and checks the producer's head ([`Consumer::ready`]).
+    #[inline]
     pub fn pop(&mut self, out: &mut [IoRec]) -> Result<(usize, bool), Error> {
         let mut n = self.take_stamped(out);
         if n == 0 && !out.is_empty() {
