@@ -81,6 +81,11 @@ enum Bench {
     Ipc {
         #[command(flatten)]
         params: IpcArgs,
+        /// Rounds in which the peers of each group take turns, each doing its share of
+        /// the work: every figure comes from all of its rounds, so the two sides of a
+        /// ratio see the same moments of a host whose speed drifts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
         /// Pin this process and the child to these two CPUs ("0,1"); "none" to not pin.
         #[arg(long, default_value = "0,1")]
         cpus: String,
@@ -111,27 +116,25 @@ enum Group {
 
 #[derive(Args, Clone)]
 struct IpcArgs {
-    /// 64-byte messages sent per message-rate peer, in three rounds that take turns with
-    /// the other peers.
+    /// 64-byte messages sent per message-rate peer, split over the rounds.
     #[arg(long, default_value_t = 3_000_000)]
     messages: u64,
-    /// Timed ping-pong round trips per latency peer, in three rounds that take turns with
-    /// the other peers (each round after a tenth as many, at most 10,000, untimed warm-up
-    /// ones).
+    /// Timed ping-pong round trips per latency peer, split over the rounds (each round
+    /// after a tenth as many, at most 10,000, untimed warm-up ones).
     #[arg(long, default_value_t = 100_000)]
     iters: u64,
-    /// MiB moved per bulk peer, in 1 MiB messages, in three rounds that take turns with
-    /// the other peers.
+    /// MiB moved per bulk peer, in 1 MiB messages, split over the rounds.
     #[arg(long, default_value_t = 2048)]
     bulk_mib: u64,
 }
 
 impl IpcArgs {
-    fn params(&self, cpus: Option<(usize, usize)>, only: &[Group]) -> IpcParams {
+    fn params(&self, rounds: u64, cpus: Option<(usize, usize)>, only: &[Group]) -> IpcParams {
         IpcParams {
             messages: self.messages,
             iters: self.iters,
             bulk_mib: self.bulk_mib,
+            rounds,
             cpus,
             groups: ipc::Groups {
                 rate: only.contains(&Group::Rate),
@@ -226,12 +229,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => cmd_serve::serve(&args),
         Command::Bench(Bench::Ipc {
             params,
+            rounds,
             cpus,
             json: as_json,
             only,
         }) => {
             let cpus = parse_cpus(&cpus)?;
-            let report = ipc::run(&params.params(cpus, &only), &mut |step| {
+            let report = ipc::run(&params.params(rounds, cpus, &only), &mut |step| {
                 eprintln!("bench ipc: {step}")
             })?;
             if as_json {
@@ -248,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             cpu,
             params,
-        } => ipc::child(&kind, &socket, &params.params(None, &[]), cpu),
+        } => ipc::child(&kind, &socket, &params.params(1, None, &[]), cpu),
     }
 }
 

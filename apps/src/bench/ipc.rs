@@ -31,6 +31,8 @@ pub struct IpcParams {
     pub iters: u64,
     /// MiB moved per bulk peer.
     pub bulk_mib: u64,
+    /// Rounds the peers of each group take turns in (at least 1).
+    pub rounds: u64,
     /// CPU for this process and for the child (`None`: no pinning).
     pub cpus: Option<(usize, usize)>,
     /// Which groups of figures to measure.
@@ -68,8 +70,6 @@ pub(super) fn warmup(iters: u64) -> u64 {
     (iters / 10).min(10_000)
 }
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-/// Turns the peers of each group take (see [`run`]).
-const ROUNDS: u64 = 3;
 
 /// Latency figures in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -612,7 +612,7 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
 /// (messages, bytes) per second.
 type ThroughputPeer = fn(&mut Session, u64) -> Result<f64>;
 
-/// Runs each peer [`ROUNDS`] times for `per_round` units, taking turns; returns each
+/// Runs each peer `rounds` times for `per_round` units, taking turns; returns each
 /// peer's figure over all its rounds (what it moved over its total time: every round
 /// moves the same, so the harmonic mean of the rounds) and its figure in each round.
 fn take_turns(
@@ -622,10 +622,11 @@ fn take_turns(
     per_round: u64,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Vec<(&'static str, f64)>, Rounds)> {
+    let turns = s.params.rounds;
     let mut rounds: Rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
-    for round in 1..=ROUNDS {
+    for round in 1..=turns {
         for ((name, peer), (_, figures)) in peers.iter().zip(&mut rounds) {
-            progress(&format!("{group}, round {round} of {ROUNDS}: {name}"));
+            progress(&format!("{group}, round {round} of {turns}: {name}"));
             figures.push(peer(s, per_round)?);
         }
     }
@@ -633,7 +634,7 @@ fn take_turns(
         .iter()
         .map(|(name, figures)| {
             let secs_per_unit: f64 = figures.iter().map(|f| 1.0 / f).sum();
-            (*name, ROUNDS as f64 / secs_per_unit)
+            (*name, turns as f64 / secs_per_unit)
         })
         .collect();
     Ok((all, rounds))
@@ -655,7 +656,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             ("bare ring batch 1", |s, n| bare::ring_rate(s, n, 1)),
             ("bare ring batch 32", |s, n| bare::ring_rate(s, n, 32)),
         ];
-        let per_round = p.messages.div_ceil(ROUNDS);
+        let per_round = p.messages.div_ceil(p.rounds);
         // The children that count what they receive expect a round's worth.
         s.params.messages = per_round;
         (rate, rate_rounds) = take_turns(&mut s, "message rate", &peers, per_round, progress)?;
@@ -671,14 +672,14 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             ("bare cache line", bare::cache_line_latency),
             ("bare ring", bare::ring_latency),
         ];
-        let per_round = p.iters.div_ceil(ROUNDS);
+        let per_round = p.iters.div_ceil(p.rounds);
         let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
         lat_rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
-        for round in 1..=ROUNDS {
+        for round in 1..=p.rounds {
             for (((name, peer), out), (_, medians)) in
                 peers.iter().zip(&mut samples).zip(&mut lat_rounds)
             {
-                progress(&format!("latency, round {round} of {ROUNDS}: {name}"));
+                progress(&format!("latency, round {round} of {}: {name}", p.rounds));
                 let one_way = peer(&mut s, per_round)?;
                 out.extend(&one_way);
                 medians.push(latency(one_way).median_ns);
@@ -696,7 +697,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             ("pipe", |s, n| stream_bulk(s, n, true)),
             ("bare hand-over", bare::handover_bulk),
         ];
-        let per_round = p.bulk_mib.div_ceil(ROUNDS);
+        let per_round = p.bulk_mib.div_ceil(p.rounds);
         s.params.bulk_mib = per_round;
         (bulk, bulk_rounds) = take_turns(&mut s, "bulk", &peers, per_round, progress)?;
         progress("bulk: one-core read bandwidth");
