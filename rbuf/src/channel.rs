@@ -26,7 +26,6 @@
 //! tolerated) it is evicted: the connection is shut down, every later call returns
 //! [`Error::PeerEvicted`], and a master takes back everything it had lent.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -464,15 +463,97 @@ impl Link {
 pub struct Master {
     link: Link,
     lent: LendSet,
-    /// Buffers in the order they were lent. The entry at index `i` is lending number
-    /// `first + i`; it is stale once the buffer came back (the lend set no longer holds
-    /// it under that number: not lent, or lent again later).
-    order: VecDeque<BufId>,
-    /// The lending number of the entry at the front of `order`.
-    first: u64,
+    /// Buffers in the order they were lent, by lending number; an entry is stale once
+    /// the buffer came back (the lend set no longer holds it under that number: not
+    /// lent, or lent again later).
+    order: LendingOrder,
     /// Buffers that run returns gave back and `recv` has not handed out yet (still
     /// counted as lent until then).
     run_left: u64,
+}
+
+/// Buffer ids in the order they were lent: a ring indexed by lending number (numbers
+/// start at 1, so 0 never names a lending), which doubles when full.
+#[derive(Debug)]
+struct LendingOrder {
+    ids: Vec<BufId>,
+    /// Lending number of the oldest entry.
+    front: u64,
+    /// Lending number the next entry gets.
+    back: u64,
+}
+
+impl LendingOrder {
+    fn with_capacity(capacity: usize) -> LendingOrder {
+        LendingOrder {
+            ids: vec![0; capacity.max(1).next_power_of_two()],
+            front: 1,
+            back: 1,
+        }
+    }
+
+    fn len(&self) -> usize {
+        (self.back - self.front) as usize
+    }
+
+    fn slot(&self, n: u64) -> usize {
+        (n & (self.ids.len() as u64 - 1)) as usize
+    }
+
+    /// Appends `id`; returns its lending number.
+    #[inline]
+    fn push(&mut self, id: BufId) -> u64 {
+        if self.len() == self.ids.len() {
+            self.grow();
+        }
+        let n = self.back;
+        let at = self.slot(n);
+        self.ids[at] = id;
+        self.back += 1;
+        n
+    }
+
+    /// Doubles the ring, keeping every entry at its number.
+    #[cold]
+    fn grow(&mut self) {
+        let mut ids = vec![0; 2 * self.ids.len()];
+        let mask = ids.len() as u64 - 1;
+        for n in self.front..self.back {
+            ids[(n & mask) as usize] = self.ids[self.slot(n)];
+        }
+        self.ids = ids;
+    }
+
+    /// Takes the oldest entry and its lending number.
+    #[inline]
+    fn pop(&mut self) -> Option<(BufId, u64)> {
+        if self.front == self.back {
+            return None;
+        }
+        let n = self.front;
+        self.front += 1;
+        Some((self.ids[self.slot(n)], n))
+    }
+
+    /// Keeps the entries for which `keep(id, number, new number)` holds, in order and
+    /// numbered afresh from the front (the new number is the one a kept entry gets).
+    fn compact(&mut self, mut keep: impl FnMut(BufId, u64, u64) -> bool) {
+        let mut to = self.front;
+        for n in self.front..self.back {
+            let id = self.ids[self.slot(n)];
+            if keep(id, n, to) {
+                // `to <= n`: the slot written was read already or is this one.
+                let at = self.slot(to);
+                self.ids[at] = id;
+                to += 1;
+            }
+        }
+        self.back = to;
+    }
+
+    fn clear(&mut self) {
+        self.front = self.back;
+    }
 }
 
 impl Master {
@@ -493,8 +574,7 @@ impl Master {
         Ok(Master {
             link,
             lent: LendSet::new(pool_capacity),
-            order: VecDeque::with_capacity(order_room),
-            first: 1,
+            order: LendingOrder::with_capacity(order_room),
             run_left: 0,
         })
     }
@@ -502,9 +582,8 @@ impl Master {
     /// Records that `id` was lent after every buffer recorded so far (for run returns).
     #[inline]
     fn record_lending(&mut self, id: BufId) {
-        let n = self.first + self.order.len() as u64;
+        let n = self.order.push(id);
         self.lent.set_number(id, n);
-        self.order.push_back(id);
     }
 
     /// Drops the stale entries (buffers returned one by one) of the lending order once
@@ -514,15 +593,14 @@ impl Master {
         if self.order.len() <= 2 * self.lent.capacity() + ORDER_SLACK {
             return;
         }
-        let (lent, first) = (&self.lent, self.first);
-        let mut n = first;
-        self.order.retain(|&id| {
-            n += 1;
-            lent.number(id) == n - 1
+        let lent = &mut self.lent;
+        self.order.compact(|id, n, renumbered| {
+            let live = lent.number(id) == n;
+            if live {
+                lent.set_number(id, renumbered);
+            }
+            live
         });
-        for (i, &id) in self.order.iter().enumerate() {
-            self.lent.set_number(id, first + i as u64);
-        }
     }
 
     /// The next buffer a pending run return gives back, oldest lending first (still lent
@@ -531,7 +609,7 @@ impl Master {
     /// violation evicts the peer.
     fn next_run_buffer(&mut self) -> Result<Option<BufId>, Error> {
         while self.run_left > 0 {
-            let Some(id) = self.order.pop_front() else {
+            let Some((id, n)) = self.order.pop() else {
                 // Only after the peer returned one by one buffers its run had covered.
                 let count = std::mem::take(&mut self.run_left);
                 let e = IoRecError::RunTooLong {
@@ -543,8 +621,6 @@ impl Master {
                     _ => Ok(None),
                 };
             };
-            let n = self.first;
-            self.first += 1;
             if self.lent.number(id) == n {
                 self.run_left -= 1;
                 return Ok(Some(id));
@@ -1101,6 +1177,41 @@ mod tests {
         assert_eq!(peer.recv(&mut got).unwrap(), 8);
         assert!(peer.release(8).unwrap());
         assert_eq!(recv_all(&mut master, &mut pool, 8).len(), 8);
+    }
+
+    #[test]
+    fn the_lending_order_numbers_entries_across_wraps_growth_and_compaction() {
+        let mut order = LendingOrder::with_capacity(2);
+        let mut model = std::collections::VecDeque::new();
+        let mut next_id = 0;
+        for step in 0..200u32 {
+            // Pushes outrun pops, so the ring wraps and doubles along the way.
+            for _ in 0..1 + step % 3 {
+                let n = order.push(next_id);
+                model.push_back((next_id, n));
+                next_id += 1;
+            }
+            if step % 2 == 0 {
+                assert_eq!(order.pop(), model.pop_front());
+            }
+            if step % 50 == 49 {
+                // Keep every third entry; the kept ones are numbered from the front.
+                let front = model.front().map(|&(_, n)| n).unwrap();
+                let kept: Vec<BufId> = model
+                    .iter()
+                    .filter(|&&(id, _)| id % 3 == 0)
+                    .map(|&(id, _)| id)
+                    .collect();
+                order.compact(|id, _, _| id % 3 == 0);
+                model = kept.iter().zip(front..).map(|(&id, n)| (id, n)).collect();
+            }
+            assert_eq!(order.len(), model.len());
+        }
+        assert!(order.ids.len() > 2, "never grew");
+        while let Some(entry) = model.pop_front() {
+            assert_eq!(order.pop(), Some(entry));
+        }
+        assert_eq!(order.pop(), None);
     }
 
     #[test]
