@@ -513,6 +513,15 @@ impl LendingOrder {
         n
     }
 
+    /// Takes back the newest entry and its lending number.
+    fn pop_back(&mut self) -> Option<(BufId, u64)> {
+        if self.front == self.back {
+            return None;
+        }
+        self.back -= 1;
+        Some((self.ids[self.slot(self.back)], self.back))
+    }
+
     /// Doubles the ring, keeping every entry at its number.
     #[cold]
     fn grow(&mut self) {
@@ -709,45 +718,58 @@ impl Master {
             .room(recs.len())
             .map_err(|e| self.fail(pool, e, false))?;
         let recs = &recs[..recs.len().min(room)];
-        // Lend first (which also refuses a buffer named twice), then push.
+        // One pass checks and lends each buffer (which also refuses a buffer named
+        // twice), records the lending and drops the master's hold (never the last one:
+        // the peer's is there now); a bad IOrec undoes the ones before it.
+        let ordered = self.link.mode == Mode::Tmm;
         for (i, rec) in recs.iter().enumerate() {
-            if let Err(e) = pool
+            match pool
                 .check_local(rec)
-                .and_then(|id| pool.lend(id, &mut self.lent))
+                .and_then(|id| pool.lend(id, &mut self.lent).map(|()| id))
             {
-                for undo in &recs[..i] {
-                    pool.unlend(undo.tag() as BufId, &mut self.lent);
+                Ok(id) => {
+                    if ordered {
+                        self.record_lending(id);
+                    }
+                    if !keep_hold {
+                        pool.unhold(id);
+                    }
                 }
-                return Err(e.into());
+                Err(e) => {
+                    self.unlend_last(pool, &recs[..i], keep_hold);
+                    return Err(e.into());
+                }
             }
         }
         let n = match self.link.push(recs) {
             Ok(n) => n,
             Err(e) => {
-                for undo in recs {
-                    pool.unlend(undo.tag() as BufId, &mut self.lent);
-                }
+                self.unlend_last(pool, recs, keep_hold);
                 return Err(self.fail(pool, e, false));
             }
         };
         debug_assert_eq!(n, recs.len(), "the room was there");
-        for undo in &recs[n..] {
-            pool.unlend(undo.tag() as BufId, &mut self.lent);
-        }
-        let ordered = self.link.mode == Mode::Tmm;
-        for rec in &recs[..n] {
-            let id = rec.tag() as BufId;
-            if ordered {
-                self.record_lending(id);
-            }
-            if !keep_hold {
-                pool.unhold(id);
-            }
-        }
+        self.unlend_last(pool, &recs[n..], keep_hold);
         if ordered {
             self.compact_order();
         }
         Ok(n)
+    }
+
+    /// Undoes the lending of `recs`, the last ones [`Master::lend_out`] lent (and
+    /// recorded), newest first: the master holds them again and the peer does not.
+    fn unlend_last(&mut self, pool: &mut Pool, recs: &[IoRec], kept_hold: bool) {
+        for rec in recs.iter().rev() {
+            let id = rec.tag() as BufId;
+            if !kept_hold {
+                pool.hold(id);
+            }
+            if self.link.mode == Mode::Tmm {
+                let last = self.order.pop_back();
+                debug_assert_eq!(last.map(|(last, _)| last), Some(id));
+            }
+            pool.unlend(id, &mut self.lent);
+        }
     }
 
     /// Receives buffers coming back from the peer (TMM: done; RMM: filled), validated:
@@ -1177,6 +1199,52 @@ mod tests {
         assert_eq!(peer.recv(&mut got).unwrap(), 8);
         assert!(peer.release(8).unwrap());
         assert_eq!(recv_all(&mut master, &mut pool, 8).len(), 8);
+    }
+
+    #[test]
+    fn a_refused_send_changes_nothing() {
+        let (mut master, mut peer, mut pool) = tmm(4, 8);
+        let recs: Vec<IoRec> = (0..3)
+            .map(|_| {
+                let id = pool.alloc(64).unwrap();
+                IoRec::single(u64::from(id), Extent::new(pool.extent(id).offset(), 64))
+            })
+            .collect();
+        let outside = IoRec::single(recs[2].tag(), Extent::new(0, 64));
+        for keep_hold in [false, true] {
+            // A buffer named twice, then an extent outside its buffer, each after good
+            // ones that were lent (and recorded, and let go of) before the bad one.
+            for bad in [recs[0], outside] {
+                let batch = [recs[0], recs[1], bad];
+                let sent = match keep_hold {
+                    false => master.send(&mut pool, &batch),
+                    true => master.offer(&mut pool, &batch),
+                };
+                assert!(matches!(sent, Err(Error::BadIoRec(_))), "{sent:?}");
+                let acc = pool.audit(&[master.lent()]).unwrap();
+                assert_eq!((acc.local, acc.lent), (3, 0), "{acc:?}");
+                assert_eq!(master.order.len(), 0);
+            }
+        }
+        // The ring has room for 4: six are offered, four go, two stay the master's.
+        let more: Vec<IoRec> = (0..3)
+            .map(|_| {
+                let id = pool.alloc(64).unwrap();
+                IoRec::single(u64::from(id), Extent::new(pool.extent(id).offset(), 64))
+            })
+            .collect();
+        let six: Vec<IoRec> = recs.iter().chain(&more).copied().collect();
+        assert_eq!(master.send(&mut pool, &six).unwrap(), 4);
+        let acc = pool.audit(&[master.lent()]).unwrap();
+        assert_eq!((acc.local, acc.lent), (2, 4), "{acc:?}");
+        let mut got = [IoRec::default(); 4];
+        assert_eq!(peer.recv(&mut got).unwrap(), 4);
+        assert!(peer.release(4).unwrap());
+        assert_eq!(master.reclaim(&mut pool).unwrap(), 4);
+        for rec in &six[4..] {
+            pool.free(rec.tag() as BufId);
+        }
+        assert_eq!(pool.audit(&[master.lent()]).unwrap().free, pool.capacity());
     }
 
     #[test]

@@ -431,6 +431,18 @@ impl Pool {
         }
     }
 
+    /// Gives the master a hold again on a buffer it lent and let go of (undoing
+    /// [`Pool::unhold`] while a peer still holds it).
+    pub(crate) fn hold(&mut self, id: BufId) {
+        let e = &mut self.entries[id as usize];
+        assert!(
+            e.live && !e.local && e.refs > 0,
+            "hold of buffer {id} that is not lent"
+        );
+        e.local = true;
+        self.local += 1;
+    }
+
     /// Drops the master's hold on a buffer it lent; frees it if nobody took it.
     #[inline]
     pub fn unhold(&mut self, id: BufId) {
