@@ -513,26 +513,6 @@ impl LendingOrder {
         n
     }
 
-    /// Takes back the newest entry and its lending number.
-    fn pop_back(&mut self) -> Option<(BufId, u64)> {
-        if self.front == self.back {
-            return None;
-        }
-        self.back -= 1;
-        Some((self.ids[self.slot(self.back)], self.back))
-    }
-
-    /// Doubles the ring, keeping every entry at its number.
-    #[cold]
-    fn grow(&mut self) {
-        let mut ids = vec![0; 2 * self.ids.len()];
-        let mask = ids.len() as u64 - 1;
-        for n in self.front..self.back {
-            ids[(n & mask) as usize] = self.ids[self.slot(n)];
-        }
-        self.ids = ids;
-    }
-
     /// Takes the oldest entry and its lending number.
     #[inline]
     fn pop(&mut self) -> Option<(BufId, u64)> {
@@ -542,6 +522,15 @@ impl LendingOrder {
         let n = self.front;
         self.front += 1;
         Some((self.ids[self.slot(n)], n))
+    }
+
+    /// Takes back the newest entry and its lending number.
+    fn pop_back(&mut self) -> Option<(BufId, u64)> {
+        if self.front == self.back {
+            return None;
+        }
+        self.back -= 1;
+        Some((self.ids[self.slot(self.back)], self.back))
     }
 
     /// Keeps the entries for which `keep(id, number, new number)` holds, in order and
@@ -562,6 +551,17 @@ impl LendingOrder {
 
     fn clear(&mut self) {
         self.front = self.back;
+    }
+
+    /// Doubles the ring, keeping every entry at its number.
+    #[cold]
+    fn grow(&mut self) {
+        let mut ids = vec![0; 2 * self.ids.len()];
+        let mask = ids.len() as u64 - 1;
+        for n in self.front..self.back {
+            ids[(n & mask) as usize] = self.ids[self.slot(n)];
+        }
+        self.ids = ids;
     }
 }
 

@@ -508,6 +508,21 @@ mod tests {
         assert_eq!(view.read_volatile::<u64>(64), 0x1122_3344_5566_7788);
         assert_eq!(view.read_volatile::<u64>(128), 0);
     }
+
+    #[test]
+    fn a_line_is_read_word_by_word_as_written() {
+        #[repr(C, align(64))]
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        struct Line([u64; 8]);
+        let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
+        let words: [u64; 8] = std::array::from_fn(|i| 0x0101_0101_0101_0101 * (i as u64 + 1));
+        for (i, &w) in words.iter().enumerate() {
+            region.write_volatile(128 + 8 * i, w);
+        }
+        let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
+        assert_eq!(view.read_volatile::<Line>(128), Line(words));
+        assert_eq!(view.read_volatile::<Line>(192), Line([0; 8]));
+    }
 }
 
 #[cfg(test)]
