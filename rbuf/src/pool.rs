@@ -73,8 +73,8 @@ pub struct LendSet {
     count: usize,
 }
 
-/// The number of a lending that is not in a lending order (RMM, multicast bookkeeping,
-/// or between [`Pool::lend`] and the push that makes it final).
+/// The number of a lending that is not in a lending order (RMM, or a TMM lending between
+/// [`Pool::lend`] and the master recording it).
 pub(crate) const LENT_UNNUMBERED: u64 = u64::MAX;
 
 impl LendSet {

@@ -80,7 +80,8 @@ pub struct Latency {
     pub p99_ns: f64,
 }
 
-fn latency(mut one_way_ns: Vec<u64>) -> Latency {
+/// Median and p99 of `one_way_ns` (which it sorts).
+fn latency(one_way_ns: &mut [u64]) -> Latency {
     one_way_ns.sort_unstable();
     let at = |q: f64| one_way_ns[((one_way_ns.len() - 1) as f64 * q) as usize] as f64;
     Latency {
@@ -608,36 +609,44 @@ fn iceoryx_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     Ok(samples?)
 }
 
+/// A peer of a group: does `n` units of work (messages, round trips, MiB) and returns
+/// what it measured.
+type PeerRun<T> = fn(&mut Session, u64) -> Result<T>;
+
 /// A throughput peer: moves `n` units (messages, MiB) and returns what it moved
 /// (messages, bytes) per second.
-type ThroughputPeer = fn(&mut Session, u64) -> Result<f64>;
+type ThroughputPeer = PeerRun<f64>;
 
-/// Runs each peer `rounds` times for `per_round` units, taking turns; returns each
-/// peer's figure over all its rounds (what it moved over its total time: every round
-/// moves the same, so the harmonic mean of the rounds) and its figure in each round.
-fn take_turns(
+/// Runs each peer `rounds` times for `per_round` units, taking turns; returns what each
+/// peer measured in each round, in the order the rounds ran.
+fn take_turns<T>(
     s: &mut Session,
     group: &str,
-    peers: &[(&'static str, ThroughputPeer)],
+    peers: &[(&'static str, PeerRun<T>)],
     per_round: u64,
     progress: &mut dyn FnMut(&str),
-) -> Result<(Vec<(&'static str, f64)>, Rounds)> {
+) -> Result<Vec<(&'static str, Vec<T>)>> {
     let turns = s.params.rounds;
-    let mut rounds: Rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
+    let mut rounds: Vec<_> = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
     for round in 1..=turns {
-        for ((name, peer), (_, figures)) in peers.iter().zip(&mut rounds) {
+        for ((name, peer), (_, measured)) in peers.iter().zip(&mut rounds) {
             progress(&format!("{group}, round {round} of {turns}: {name}"));
-            figures.push(peer(s, per_round)?);
+            measured.push(peer(s, per_round)?);
         }
     }
-    let all = rounds
+    Ok(rounds)
+}
+
+/// Each throughput peer's figure over all its rounds: what it moved over its total time
+/// (every round moves the same, so the harmonic mean of the rounds).
+fn over_all_rounds(rounds: &Rounds) -> Vec<(&'static str, f64)> {
+    rounds
         .iter()
         .map(|(name, figures)| {
             let secs_per_unit: f64 = figures.iter().map(|f| 1.0 / f).sum();
-            (*name, turns as f64 / secs_per_unit)
+            (*name, figures.len() as f64 / secs_per_unit)
         })
-        .collect();
-    Ok((all, rounds))
+        .collect()
 }
 
 /// Runs every measurement and returns the figures.
@@ -659,12 +668,12 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         let per_round = p.messages.div_ceil(p.rounds);
         // The children that count what they receive expect a round's worth.
         s.params.messages = per_round;
-        (rate, rate_rounds) = take_turns(&mut s, "message rate", &peers, per_round, progress)?;
+        rate_rounds = take_turns(&mut s, "message rate", &peers, per_round, progress)?;
+        rate = over_all_rounds(&rate_rounds);
     }
     let (mut lat, mut lat_rounds) = (Vec::new(), Rounds::new());
     if p.groups.latency {
-        type Peer = fn(&mut Session, u64) -> Result<Vec<u64>>;
-        let peers: [(&'static str, Peer); 6] = [
+        let peers: [(&'static str, PeerRun<Vec<u64>>); 6] = [
             ("rbuf poll", |s, n| rbuf_latency(s, n, false)),
             ("rbuf blocking", |s, n| rbuf_latency(s, n, true)),
             ("unix seqpacket", uds_latency),
@@ -673,20 +682,10 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
             ("bare ring", bare::ring_latency),
         ];
         let per_round = p.iters.div_ceil(p.rounds);
-        let mut samples: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
-        lat_rounds = peers.iter().map(|(name, _)| (*name, Vec::new())).collect();
-        for round in 1..=p.rounds {
-            for (((name, peer), out), (_, medians)) in
-                peers.iter().zip(&mut samples).zip(&mut lat_rounds)
-            {
-                progress(&format!("latency, round {round} of {}: {name}", p.rounds));
-                let one_way = peer(&mut s, per_round)?;
-                out.extend(&one_way);
-                medians.push(latency(one_way).median_ns);
-            }
-        }
-        for ((name, _), v) in peers.iter().zip(samples) {
-            lat.push((*name, latency(v)));
+        for (name, mut one_way) in take_turns(&mut s, "latency", &peers, per_round, progress)? {
+            let medians = one_way.iter_mut().map(|v| latency(v).median_ns);
+            lat_rounds.push((name, medians.collect()));
+            lat.push((name, latency(&mut one_way.concat())));
         }
     }
     let (mut bulk, mut bulk_rounds) = (Vec::new(), Rounds::new());
@@ -699,7 +698,8 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         ];
         let per_round = p.bulk_mib.div_ceil(p.rounds);
         s.params.bulk_mib = per_round;
-        (bulk, bulk_rounds) = take_turns(&mut s, "bulk", &peers, per_round, progress)?;
+        bulk_rounds = take_turns(&mut s, "bulk", &peers, per_round, progress)?;
+        bulk = over_all_rounds(&bulk_rounds);
         progress("bulk: one-core read bandwidth");
         bulk.push(("one-core read bandwidth", bare::read_bandwidth()));
     }
