@@ -114,6 +114,7 @@ impl DataArea {
     /// (at most [`PREFETCH_BYTES`]) for writing now, so filling a batch of small buffers
     /// waits for their ownership once rather than once per buffer. Changes no memory;
     /// parts outside the area are ignored.
+    #[inline]
     pub fn prefetch_write(&self, e: Extent) {
         let start = e.offset() as usize;
         let end = start + (e.len() as usize).min(PREFETCH_BYTES);

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::event::Doorbell;
-use crate::pool::{BufId, LendSet, Pool};
+use crate::pool::{BufId, LENT_UNNUMBERED, LendSet, Pool};
 use crate::ring::{Consumer, Producer};
 use crate::{DataArea, Error, IoRec, IoRecError};
 
@@ -500,6 +500,11 @@ impl LendingOrder {
         (n & (self.ids.len() as u64 - 1)) as usize
     }
 
+    /// The lending number the next entry gets.
+    fn next_number(&self) -> u64 {
+        self.back
+    }
+
     /// Appends `id`; returns its lending number.
     #[inline]
     fn push(&mut self, id: BufId) -> u64 {
@@ -586,13 +591,6 @@ impl Master {
             order: LendingOrder::with_capacity(order_room),
             run_left: 0,
         })
-    }
-
-    /// Records that `id` was lent after every buffer recorded so far (for run returns).
-    #[inline]
-    fn record_lending(&mut self, id: BufId) {
-        let n = self.order.push(id);
-        self.lent.set_number(id, n);
     }
 
     /// Drops the stale entries (buffers returned one by one) of the lending order once
@@ -723,16 +721,15 @@ impl Master {
         // the peer's is there now); a bad IOrec undoes the ones before it.
         let ordered = self.link.mode == Mode::Tmm;
         for (i, rec) in recs.iter().enumerate() {
-            match pool
-                .check_local(rec)
-                .and_then(|id| pool.lend(id, &mut self.lent).map(|()| id))
-            {
+            let number = if ordered {
+                self.order.next_number()
+            } else {
+                LENT_UNNUMBERED
+            };
+            match pool.lend_rec(rec, &mut self.lent, number, keep_hold) {
                 Ok(id) => {
                     if ordered {
-                        self.record_lending(id);
-                    }
-                    if !keep_hold {
-                        pool.unhold(id);
+                        self.order.push(id);
                     }
                 }
                 Err(e) => {

@@ -2,6 +2,24 @@
 
 use std::io;
 
+/// Why the master's pool could not give a buffer. Small and `Copy`: an allocation
+/// returns it in registers, where a `Result` carrying the whole [`Error`] goes through
+/// memory and must be dropped (a sender allocates once per message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// No free buffer (slots), or no free id or free range large enough (extents).
+    #[error("pool exhausted")]
+    Exhausted,
+    /// A buffer larger than the pool can give.
+    #[error("{len_bytes}-byte buffer asked of a pool of {max_bytes}-byte buffers")]
+    TooLarge {
+        /// Size asked for.
+        len_bytes: usize,
+        /// Largest size available.
+        max_bytes: u32,
+    },
+}
+
 /// Why an IOrec from the other side was refused. Each one is counted by the endpoint that
 /// saw it and never makes it touch memory outside its mappings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,17 +151,9 @@ pub enum Error {
     /// Run returns exist only in TMM (an RMM master needs each buffer's filled length).
     #[error("run returns are for TMM channels only")]
     RunInRmm,
-    /// The master's pool has no free buffer.
-    #[error("pool exhausted")]
-    PoolExhausted,
-    /// A buffer larger than the pool can give.
-    #[error("{len_bytes}-byte buffer asked of a pool of {max_bytes}-byte buffers")]
-    BufferTooLarge {
-        /// Size asked for.
-        len_bytes: usize,
-        /// Largest size available.
-        max_bytes: usize,
-    },
+    /// The master's pool could not give a buffer.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
     /// A data access outside a buffer.
     #[error("access {offset:#x}+{len_bytes} outside the {area_bytes}-byte data area")]
     OutOfBounds {

@@ -70,27 +70,8 @@ impl std::fmt::Debug for Extent {
 const RUN_COUNT: u16 = u16::MAX;
 
 /// Offset of the `reserved` word, which a ring slot uses as its sequence stamp
-/// (see [`crate::ring`]).
-pub(crate) const STAMP_OFFSET: usize = 4;
-
-/// An IOrec as a ring writes it into a slot: every word but the stamp, in two pieces
-/// (bytes 0..4 and 8..64), so the stamp can be published separately after them.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct SlotBody {
-    /// `count` and `flags`, as stored (little-endian).
-    pub(crate) header: [u16; 2],
-    /// `tag` and `extents`, as stored.
-    pub(crate) rest: SlotRest,
-}
-
-/// Bytes 8..64 of an IOrec.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct SlotRest {
-    tag: u64,
-    extents: [Extent; MAX_EXTENTS],
-}
+/// (see [`crate::ring`]): where a line published by the ring carries it.
+pub(crate) const STAMP_OFFSET: usize = crate::shm::LINE_STAMP_AT;
 
 /// An IOrec: up to [`MAX_EXTENTS`] extents into one data area, a tag and flags.
 ///
@@ -203,17 +184,6 @@ impl IoRec {
         }
     }
 
-    /// The words a ring slot holds besides its stamp.
-    pub(crate) fn slot_body(&self) -> SlotBody {
-        SlotBody {
-            header: [self.count, self.flags],
-            rest: SlotRest {
-                tag: self.tag,
-                extents: self.extents,
-            },
-        }
-    }
-
     /// Zeroes the `reserved` word (a copy read out of a ring slot carries the slot's
     /// stamp there).
     pub(crate) fn clear_stamp(&mut self) {
@@ -277,25 +247,6 @@ mod tests {
         assert_eq!(offset_of!(IoRec, tag), 8);
         assert_eq!(offset_of!(IoRec, extents), 16);
         assert_eq!(offset_of!(IoRec, reserved), STAMP_OFFSET);
-        assert_eq!(size_of::<SlotRest>(), 56);
-        assert_eq!(align_of::<SlotRest>(), 8);
-    }
-
-    #[test]
-    fn slot_body_holds_every_word_but_the_stamp() {
-        let mut rec = IoRec::from_extents(0x1122_3344_5566_7788, &[Extent::new(64, 100)]).unwrap();
-        rec.set_flags(0x0bad);
-        let body = rec.slot_body();
-        let mut back = IoRec::new(0);
-        back.count = body.header[0];
-        back.flags = body.header[1];
-        back.tag = body.rest.tag;
-        back.extents = body.rest.extents;
-        assert_eq!(back, rec);
-        back.reserved = 0xdead_beef;
-        assert_ne!(back, rec);
-        back.clear_stamp();
-        assert_eq!(back, rec);
     }
 
     #[test]

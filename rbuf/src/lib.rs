@@ -25,7 +25,7 @@ pub mod shm;
 pub use area::{DataArea, MAX_AREA_BYTES, PREFETCH_BYTES};
 pub use channel::{Link, LinkStats, Master, Mode, Peer, Role};
 pub use connect::{Config, Endpoint, Listener};
-pub use error::{Error, IoRecError};
+pub use error::{AllocError, Error, IoRecError};
 pub use iorec::{Extent, IoRec, MAX_EXTENTS};
 pub use multicast::{MemberStats, Multicast};
 pub use pool::{Accounting, BufId, LendSet, Pool};

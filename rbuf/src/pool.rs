@@ -15,7 +15,7 @@
 //! error of the peer. When a peer dies, its lend set gives every buffer back.
 //! [`Pool::audit`] checks all of this; tests call it after every scenario.
 
-use crate::{Extent, IoRec, IoRecError};
+use crate::{AllocError, Extent, IoRec, IoRecError};
 
 /// A buffer's name in its pool; the IOrec tag.
 pub type BufId = u32;
@@ -73,8 +73,8 @@ pub struct LendSet {
     count: usize,
 }
 
-/// The number of a lending that is not in a lending order (RMM, or a TMM lending between
-/// [`Pool::lend`] and the master recording it).
+/// The number of a lending that is not in a lending order (RMM, multicast, or a lending
+/// made with [`Pool::lend`]).
 pub(crate) const LENT_UNNUMBERED: u64 = u64::MAX;
 
 impl LendSet {
@@ -273,50 +273,55 @@ impl Pool {
 
     /// Allocates a buffer of at least `len_bytes`; the master holds it.
     #[inline]
-    pub fn alloc(&mut self, len_bytes: usize) -> Result<BufId, crate::Error> {
-        match &mut self.kind {
-            Kind::Slots { slot_bytes } => {
-                if len_bytes > *slot_bytes as usize {
-                    return Err(crate::Error::BufferTooLarge {
-                        len_bytes,
-                        max_bytes: *slot_bytes as usize,
-                    });
-                }
-                let id = self.free_ids.pop().ok_or(crate::Error::PoolExhausted)?;
-                self.entries[id as usize].local = true;
-                self.local += 1;
-                Ok(id)
-            }
-            Kind::Extents {
-                granule_bytes,
-                ranges,
-                next,
-            } => {
-                let want = len_bytes.max(1).next_multiple_of(*granule_bytes as usize);
-                if want > u32::MAX as usize {
-                    return Err(crate::Error::BufferTooLarge {
-                        len_bytes,
-                        max_bytes: u32::MAX as usize,
-                    });
-                }
-                let want = want as u32;
-                let Some(&id) = self.free_ids.last() else {
-                    return Err(crate::Error::PoolExhausted);
-                };
-                let offset = take_range(ranges, *next, want).ok_or(crate::Error::PoolExhausted)?;
-                self.free_ids.pop();
-                *next = offset + want;
-                self.entries[id as usize] = Entry {
-                    offset,
-                    len: want,
-                    refs: 0,
-                    local: true,
-                    live: true,
-                };
-                self.local += 1;
-                Ok(id)
-            }
+    pub fn alloc(&mut self, len_bytes: usize) -> Result<BufId, AllocError> {
+        let Kind::Slots { slot_bytes } = self.kind else {
+            return self.alloc_extent(len_bytes);
+        };
+        if len_bytes > slot_bytes as usize {
+            return Err(AllocError::TooLarge {
+                len_bytes,
+                max_bytes: slot_bytes,
+            });
         }
+        let id = self.free_ids.pop().ok_or(AllocError::Exhausted)?;
+        self.entries[id as usize].local = true;
+        self.local += 1;
+        Ok(id)
+    }
+
+    /// [`Pool::alloc`] for an extent pool: a search of the free ranges, not inlined.
+    fn alloc_extent(&mut self, len_bytes: usize) -> Result<BufId, AllocError> {
+        let Kind::Extents {
+            granule_bytes,
+            ranges,
+            next,
+        } = &mut self.kind
+        else {
+            unreachable!("called for extent pools only");
+        };
+        let want = len_bytes.max(1).next_multiple_of(*granule_bytes as usize);
+        if want > u32::MAX as usize {
+            return Err(AllocError::TooLarge {
+                len_bytes,
+                max_bytes: u32::MAX,
+            });
+        }
+        let want = want as u32;
+        let Some(&id) = self.free_ids.last() else {
+            return Err(AllocError::Exhausted);
+        };
+        let offset = take_range(ranges, *next, want).ok_or(AllocError::Exhausted)?;
+        self.free_ids.pop();
+        *next = offset + want;
+        self.entries[id as usize] = Entry {
+            offset,
+            len: want,
+            refs: 0,
+            local: true,
+            live: true,
+        };
+        self.local += 1;
+        Ok(id)
     }
 
     /// The whole extent of buffer `id` (offset and capacity).
@@ -396,6 +401,40 @@ impl Pool {
             }
         }
         Ok(())
+    }
+
+    /// Lends the buffer `rec` names to the peer of `set` as its lending number `number`
+    /// ([`LENT_UNNUMBERED`] outside a lending order), dropping the master's hold unless
+    /// `keep_hold`: [`Pool::check_local`], [`Pool::lend`] and [`Pool::unhold`] in one
+    /// step, a sender's work per IOrec. Refused as they are; then nothing changed.
+    #[inline]
+    pub(crate) fn lend_rec(
+        &mut self,
+        rec: &IoRec,
+        set: &mut LendSet,
+        number: u64,
+        keep_hold: bool,
+    ) -> Result<BufId, IoRecError> {
+        debug_assert_ne!(number, 0);
+        let id = self.lookup(rec.tag())?;
+        self.check_inside(id, rec)?;
+        let e = &mut self.entries[id as usize];
+        let lending = set.at.get_mut(id as usize).filter(|n| **n == 0);
+        let (true, Some(lending)) = (e.local, lending) else {
+            return Err(IoRecError::NotHeld { tag: rec.tag() });
+        };
+        *lending = number;
+        set.count += 1;
+        if e.refs == 0 {
+            self.lent += 1;
+        }
+        e.refs += 1;
+        if !keep_hold {
+            // Never the last hold: the peer's is there now.
+            e.local = false;
+            self.local -= 1;
+        }
+        Ok(id)
     }
 
     /// Lends buffer `id` (held by the master) to the peer of `set`, keeping the master's
@@ -601,10 +640,7 @@ mod tests {
         let mut peer = LendSet::new(pool.capacity());
         let a = pool.alloc(100).unwrap();
         let b = pool.alloc(2048).unwrap();
-        assert!(matches!(
-            pool.alloc(2049),
-            Err(crate::Error::BufferTooLarge { .. })
-        ));
+        assert!(matches!(pool.alloc(2049), Err(AllocError::TooLarge { .. })));
         pool.lend(a, &mut peer).unwrap();
         pool.unhold(a);
         assert_eq!(
@@ -693,7 +729,7 @@ mod tests {
         assert_eq!(offset(&pool, again), 3);
         let wrapped = pool.alloc(MIB as usize).unwrap();
         assert_eq!(offset(&pool, wrapped), 0);
-        assert!(matches!(pool.alloc(1), Err(crate::Error::PoolExhausted)));
+        assert!(matches!(pool.alloc(1), Err(AllocError::Exhausted)));
         for id in [ids[0], ids[3], again, wrapped] {
             pool.free(id);
         }
@@ -717,7 +753,7 @@ mod tests {
         assert_eq!((acc.total, acc.free_bytes), (0, 1 << 20));
         assert!(matches!(
             pool.alloc((1 << 20) + 1),
-            Err(crate::Error::PoolExhausted)
+            Err(AllocError::Exhausted)
         ));
         let whole = pool.alloc(1 << 20).unwrap();
         assert_eq!(pool.extent(whole), Extent::new(0, 1 << 20));

@@ -220,23 +220,17 @@ impl Producer {
         if n == 0 {
             return Ok((0, false));
         }
+        let (old, slots) = (self.head, self.slots);
         // Every slot's ownership requested at once, not one store at a time.
         for i in 0..n {
             self.mine
-                .prefetch_write(slot_at(self.head.wrapping_add(i as u64), self.slots));
+                .prefetch_write(slot_at(old.wrapping_add(i as u64), slots));
         }
         for (i, rec) in recs[..n].iter().enumerate() {
-            let seq = self.head.wrapping_add(i as u64);
-            let at = slot_at(seq, self.slots);
-            let body = rec.slot_body();
-            self.mine.write_volatile(at, body.header);
-            self.mine.write_volatile(at + 8, body.rest);
+            let seq = old.wrapping_add(i as u64);
             // Release: the IOrec's words become visible before its stamp.
-            self.mine
-                .atomic_u32(at + STAMP_OFFSET)
-                .store(stamp(seq), Ordering::Release);
+            self.mine.publish_line(slot_at(seq, slots), rec, stamp(seq));
         }
-        let old = self.head;
         self.head = old.wrapping_add(n as u64);
         // Release: the stamped slots become visible before the new head.
         self.mine

@@ -65,6 +65,9 @@ type Word = std::arch::x86_64::__m128i;
 #[cfg(not(target_arch = "x86_64"))]
 type Word = u64;
 
+/// Where a line published with [`Region::publish_line`] carries its `u32` stamp.
+pub(crate) const LINE_STAMP_AT: usize = 4;
+
 /// Whether a `T` is made of whole `W`s and aligned for them (so it can be copied `W` by
 /// `W`).
 const fn words_of<T, W>() -> bool {
@@ -298,6 +301,36 @@ impl Region {
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(offset) as *mut T, value) }
     }
 
+    /// Publishes a 64-byte line `value` at `offset` (64-byte aligned) to a reader that
+    /// polls the `u32` at byte [`LINE_STAMP_AT`] of the line, its stamp: bytes 0..4 and
+    /// 8..64 go first,
+    /// with volatile writes (16-byte words where they fit), then `stamp` with a `Release`
+    /// store, so a reader that acquires the stamp sees the whole line. Whatever `value`
+    /// holds at bytes 4..8 is not written. One check covers the line (a ring producer
+    /// publishes one per IOrec).
+    #[inline]
+    pub(crate) fn publish_line<T: Copy>(&self, offset: usize, value: &T, stamp: u32) {
+        const { assert!(std::mem::size_of::<T>() == 64 && words_of::<T, Word>()) };
+        assert!(
+            self.writable && offset.is_multiple_of(64) && offset + 64 <= self.len,
+            "publish_line at {offset}"
+        );
+        let src = value as *const T as *const u8;
+        let dst = self.ptr.as_ptr().wrapping_add(offset);
+        // SAFETY: `dst..dst + 64` is inside the region, 64-byte aligned and mapped
+        // writable (checked above); `src` is a 64-byte, 64-byte aligned `T` (checked at
+        // compile time), so every read and write below is in bounds and aligned.
+        unsafe {
+            for at in [16, 32, 48] {
+                let word = (src.add(at) as *const Word).read();
+                std::ptr::write_volatile(dst.add(at) as *mut Word, word);
+            }
+            std::ptr::write_volatile(dst.add(8) as *mut u64, (src.add(8) as *const u64).read());
+            std::ptr::write_volatile(dst as *mut u32, (src as *const u32).read());
+            (*(dst.add(LINE_STAMP_AT) as *const AtomicU32)).store(stamp, Ordering::Release);
+        }
+    }
+
     /// Asks the CPU to fetch the cache line at `offset` for writing (x86 `PREFETCHW`), so
     /// its ownership request goes out now rather than when a store reaches it. A hint:
     /// it never faults and changes no memory; out-of-bounds offsets are ignored.
@@ -522,6 +555,34 @@ mod tests {
         let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
         assert_eq!(view.read_volatile::<Line>(128), Line(words));
         assert_eq!(view.read_volatile::<Line>(192), Line([0; 8]));
+    }
+
+    #[test]
+    fn a_published_line_carries_its_stamp_and_every_other_byte() {
+        #[repr(C, align(64))]
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        struct Line([u32; 16]);
+        let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
+        let line = Line(std::array::from_fn(|i| 0x0101_0101 * (i as u32 + 1)));
+        region.publish_line(192, &line, 0xdead_beef);
+        let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
+        let mut expected = line;
+        expected.0[1] = 0xdead_beef;
+        assert_eq!(view.read_volatile::<Line>(192), expected);
+        // Nothing outside the line.
+        assert_eq!(view.read_volatile::<Line>(128), Line([0; 16]));
+        assert_eq!(view.read_volatile::<Line>(256), Line([0; 16]));
+    }
+
+    #[test]
+    #[should_panic(expected = "publish_line")]
+    fn a_line_is_not_published_into_a_read_only_view() {
+        #[repr(C, align(64))]
+        #[derive(Clone, Copy)]
+        struct Line([u64; 8]);
+        let region = Region::create(c"t", 4096, PagePolicy::Shmem).unwrap();
+        let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
+        view.publish_line(0, &Line([1; 8]), 1);
     }
 }
 

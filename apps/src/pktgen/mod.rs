@@ -364,7 +364,11 @@ impl<N: Nic> Pktgen<N> {
         let flows = u64::from(self.opts.flows);
         let now_ns = self.now_ns();
         for (i, slot) in self.scratch[..n].iter_mut().enumerate() {
-            let id = self.tx.pool.alloc(BUFFER_BYTES as usize)?;
+            let id = self
+                .tx
+                .pool
+                .alloc(BUFFER_BYTES as usize)
+                .map_err(rbuf::Error::from)?;
             let seq = self.next_seq + i as u64;
             let offset = self.tx.pool.extent(id).offset() as usize;
             let stamp = probe::stamp(&Probe {
