@@ -518,15 +518,29 @@ impl LendingOrder {
         n
     }
 
-    /// Takes the oldest entry and its lending number.
+    /// Takes entries from the front, oldest first, until `max` of them were live (`lent`
+    /// holds the buffer under that entry's number) or none is left, passing each live
+    /// one to `take`; the stale ones passed on the way are dropped. Returns how many
+    /// were live.
     #[inline]
-    fn pop(&mut self) -> Option<(BufId, u64)> {
-        if self.front == self.back {
-            return None;
+    fn take_live(
+        &mut self,
+        lent: &mut LendSet,
+        max: u64,
+        mut take: impl FnMut(BufId, &mut LendSet),
+    ) -> u64 {
+        let (mut front, back) = (self.front, self.back);
+        let mut live = 0;
+        while live < max && front < back {
+            let id = self.ids[self.slot(front)];
+            if lent.number(id) == front {
+                take(id, lent);
+                live += 1;
+            }
+            front += 1;
         }
-        let n = self.front;
-        self.front += 1;
-        Some((self.ids[self.slot(n)], n))
+        self.front = front;
+        live
     }
 
     /// Takes back the newest entry and its lending number.
@@ -610,54 +624,55 @@ impl Master {
         });
     }
 
-    /// The next buffer a pending run return gives back, oldest lending first (still lent
-    /// to the peer: the caller takes it back). `None` once the runs are done, or when a
-    /// run covered more than the peer held (a violation, counted). Fails only when that
-    /// violation evicts the peer.
-    fn next_run_buffer(&mut self) -> Result<Option<BufId>, Error> {
-        while self.run_left > 0 {
-            let Some((id, n)) = self.order.pop() else {
-                // Only after the peer returned one by one buffers its run had covered.
-                let count = std::mem::take(&mut self.run_left);
-                let e = IoRecError::RunTooLong {
-                    count,
-                    held: self.lent.len(),
-                };
-                return match self.link.violation(e.into()) {
-                    err @ Error::PeerEvicted { .. } => Err(err),
-                    _ => Ok(None),
-                };
-            };
-            if self.lent.number(id) == n {
-                self.run_left -= 1;
-                return Ok(Some(id));
-            }
+    /// Takes up to `max` buffers of pending run returns, oldest lending first, passing
+    /// each (still lent to the peer) to `take`; returns how many. Fewer than `max` and
+    /// fewer than are pending only when a run covered more than the peer held (a
+    /// violation, counted; then no run is pending). Fails only when that violation evicts
+    /// the peer.
+    #[inline]
+    fn take_run_buffers(
+        &mut self,
+        max: u64,
+        take: impl FnMut(BufId, &mut LendSet),
+    ) -> Result<u64, Error> {
+        let want = max.min(self.run_left);
+        let got = self.order.take_live(&mut self.lent, want, take);
+        self.run_left -= got;
+        if got < want {
+            self.run_overrun()?;
         }
-        Ok(None)
+        Ok(got)
+    }
+
+    /// The lending order ran out before the pending runs did: only after the peer
+    /// returned one by one buffers its runs had covered.
+    #[cold]
+    fn run_overrun(&mut self) -> Result<(), Error> {
+        let count = std::mem::take(&mut self.run_left);
+        let e = IoRecError::RunTooLong {
+            count,
+            held: self.lent.len(),
+        };
+        match self.link.violation(e.into()) {
+            err @ Error::PeerEvicted { .. } => Err(err),
+            _ => Ok(()),
+        }
     }
 
     /// Hands out up to `out.len()` buffers of pending run returns, oldest lending first.
     /// Fails only when the peer is evicted (then it has freed what it handed out).
     fn deliver_run(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
         let mut w = 0;
-        while w < out.len() {
-            match self.next_run_buffer() {
-                Ok(Some(id)) => {
-                    let rec = pool.iorec(id);
-                    pool.take_back(&rec, &mut self.lent).expect(
-                        "a live entry of the lending order names a buffer lent to the peer",
-                    );
-                    out[w] = rec;
-                    w += 1;
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    for rec in &out[..w] {
-                        pool.free(rec.tag() as BufId);
-                    }
-                    return Err(err);
-                }
+        let taken = self.take_run_buffers(out.len() as u64, |id, lent| {
+            pool.take_back_id(id, lent);
+            out[w] = pool.iorec(id);
+            w += 1;
+        });
+        if let Err(err) = taken {
+            for rec in &out[..w] {
+                pool.free(rec.tag() as BufId);
             }
+            return Err(err);
         }
         Ok(w)
     }
@@ -665,12 +680,8 @@ impl Master {
     /// Gives every buffer of pending run returns straight back to the pool (no IOrec
     /// for each); returns how many. Fails only when the peer is evicted.
     fn free_runs(&mut self, pool: &mut Pool) -> Result<usize, Error> {
-        let mut freed = 0;
-        while let Some(id) = self.next_run_buffer()? {
-            pool.end_lend(id, &mut self.lent);
-            freed += 1;
-        }
-        Ok(freed)
+        let freed = self.take_run_buffers(u64::MAX, |id, lent| pool.end_lend(id, lent))?;
+        Ok(freed as usize)
     }
 
     /// The underlying link (stats, waiting, doorbell).
@@ -1248,35 +1259,59 @@ mod tests {
     fn the_lending_order_numbers_entries_across_wraps_growth_and_compaction() {
         let mut order = LendingOrder::with_capacity(2);
         let mut model = std::collections::VecDeque::new();
-        let mut next_id = 0;
+        // Every entry names a buffer lent under its number, so each one is live.
+        let mut pool = Pool::slots(1024 * 64, 64);
+        let mut lent = LendSet::new(pool.capacity());
+        let oldest = |order: &mut LendingOrder, lent: &mut LendSet| {
+            let mut taken = None;
+            let n = order.take_live(lent, 1, |id, lent| taken = Some((id, lent.number(id))));
+            assert_eq!(n, u64::from(taken.is_some()));
+            taken
+        };
         for step in 0..200u32 {
-            // Pushes outrun pops, so the ring wraps and doubles along the way.
+            // Pushes outrun takes, so the ring wraps and doubles along the way.
             for _ in 0..1 + step % 3 {
-                let n = order.push(next_id);
-                model.push_back((next_id, n));
-                next_id += 1;
+                let id = pool.alloc(64).unwrap();
+                pool.lend(id, &mut lent).unwrap();
+                let n = order.push(id);
+                lent.set_number(id, n);
+                model.push_back((id, n));
             }
             if step % 2 == 0 {
-                assert_eq!(order.pop(), model.pop_front());
+                assert_eq!(oldest(&mut order, &mut lent), model.pop_front());
             }
             if step % 50 == 49 {
-                // Keep every third entry; the kept ones are numbered from the front.
+                // Keep every third buffer; the kept ones are numbered from the front.
                 let front = model.front().map(|&(_, n)| n).unwrap();
                 let kept: Vec<BufId> = model
                     .iter()
                     .filter(|&&(id, _)| id % 3 == 0)
                     .map(|&(id, _)| id)
                     .collect();
-                order.compact(|id, _, _| id % 3 == 0);
+                order.compact(|id, _, renumbered| {
+                    let keep = id % 3 == 0;
+                    if keep {
+                        lent.set_number(id, renumbered);
+                    }
+                    keep
+                });
                 model = kept.iter().zip(front..).map(|(&id, n)| (id, n)).collect();
             }
             assert_eq!(order.len(), model.len());
         }
         assert!(order.ids.len() > 2, "never grew");
-        while let Some(entry) = model.pop_front() {
-            assert_eq!(order.pop(), Some(entry));
+        // Buffers that came back one by one leave stale entries, which are passed over.
+        let returned: Vec<BufId> = model.iter().skip(1).step_by(2).map(|&(id, _)| id).collect();
+        for &id in &returned {
+            pool.unlend(id, &mut lent);
         }
-        assert_eq!(order.pop(), None);
+        model.retain(|(id, _)| !returned.contains(id));
+        assert!(model.len() > 10);
+        while let Some(entry) = model.pop_front() {
+            assert_eq!(oldest(&mut order, &mut lent), Some(entry));
+        }
+        assert_eq!(oldest(&mut order, &mut lent), None);
+        assert_eq!(order.len(), 0);
     }
 
     #[test]

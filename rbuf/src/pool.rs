@@ -497,13 +497,21 @@ impl Pool {
             return Err(IoRecError::NotLent { tag: rec.tag() });
         }
         self.check_inside(id, rec)?;
+        self.take_back_id(id, set);
+        Ok(id)
+    }
+
+    /// Takes buffer `id`, lent to the peer of `set`, back into the master's hands: the
+    /// end of [`Pool::take_back`], for a buffer the master's own records name (a run
+    /// return's), which has nothing to check.
+    #[inline]
+    pub(crate) fn take_back_id(&mut self, id: BufId, set: &mut LendSet) {
         self.drop_lend(id, set);
         let e = &mut self.entries[id as usize];
         if !e.local {
             e.local = true;
             self.local += 1;
         }
-        Ok(id)
     }
 
     /// Takes back every buffer lent to a peer that is gone; returns how many. Buffers
