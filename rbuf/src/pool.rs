@@ -491,6 +491,7 @@ impl Pool {
     /// Takes back a buffer the peer of `set` returned (validated), and gives the master a
     /// hold on it. Fails, changing nothing, if the IOrec does not name a buffer lent to
     /// that peer or an extent leaves the buffer.
+    #[inline]
     pub fn take_back(&mut self, rec: &IoRec, set: &mut LendSet) -> Result<BufId, IoRecError> {
         let id = self.lookup(rec.tag())?;
         if !set.contains(id) {

@@ -20,10 +20,10 @@
 //! once with a volatile read, and publishes `tail` with `Release` after its copies (so
 //! the producer never overwrites a slot being read).
 //!
-//! The head count is still published, for the event indexes and as a check: whenever the
-//! consumer finds the next slot unstamped (an empty poll, a wait before it sleeps, and
-//! every 64th poll of a spinning wait, which otherwise watches the stamp alone) it reads
-//! `head` and checks it ([`Error::BadCount`]): never backwards, never more than the ring
+//! The head count is still published, for the event indexes and as a check: when the
+//! consumer finds the next slot unstamped (before it sleeps, and on every 64th empty poll,
+//! [`HEAD_CHECK_POLLS`]; a poller otherwise watches the stamp alone) it reads `head` and
+//! checks it ([`Error::BadCount`]): never backwards, never more than the ring
 //! past `tail`, and never behind `tail` by more than the ring (an honest head may lag the
 //! stamps by up to one batch, since the stamps are written first). A head past `tail` whose slot is not
 //! stamped is a lie too ([`Error::BadStamp`]): the stamps are written before the head, so
@@ -272,7 +272,13 @@ pub struct Consumer {
     slots: usize,
     head: u64,
     tail: u64,
+    /// Polls that found the next slot unstamped ([`Consumer::poll`]).
+    unstamped_polls: u32,
 }
+
+/// A poll that finds the next slot unstamped reads and checks the producer's head once
+/// every this many times ([`Consumer::poll`]).
+pub const HEAD_CHECK_POLLS: u32 = 64;
 
 impl Consumer {
     /// Joins our memory (from [`create_consumer_memory`]) with the producer's read-only view.
@@ -295,6 +301,7 @@ impl Consumer {
             slots,
             head: tail,
             tail,
+            unstamped_polls: 0,
         })
     }
 
@@ -355,10 +362,28 @@ impl Consumer {
     }
 
     /// Whether the next slot carries its stamp: [`Consumer::ready`] without reading and
-    /// checking the head, for a spinning waiter (one cache line to watch, not two).
+    /// checking the head.
     #[inline]
     pub fn next_stamped(&self) -> bool {
         self.stamped(self.tail)
+    }
+
+    /// Whether an IOrec is waiting, for a poller: the next slot's stamp, and every
+    /// [`HEAD_CHECK_POLLS`]th time it is unstamped, [`Consumer::ready`]'s read and check
+    /// of the head as well. A poller watches one cache line, not two: the head is only a
+    /// check on the producer (nothing is read before its slot is stamped), and reading it
+    /// on every empty poll would take its line from the producer, whose next head store
+    /// then waits to get it back.
+    #[inline]
+    pub fn poll(&mut self) -> Result<bool, Error> {
+        if self.next_stamped() {
+            return Ok(true);
+        }
+        self.unstamped_polls = self.unstamped_polls.wrapping_add(1);
+        if !self.unstamped_polls.is_multiple_of(HEAD_CHECK_POLLS) {
+            return Ok(false);
+        }
+        self.ready()
     }
 
     /// IOrecs waiting right now: as many as the producer's head (read and checked) says,
@@ -408,12 +433,13 @@ impl Consumer {
 
     /// Pops up to `out.len()` IOrecs (copies, unvalidated) and releases their slots with
     /// one tail update. Returns how many and whether the producer asked to be woken.
-    /// Finding nothing stamped, it reads and checks the producer's head ([`Consumer::ready`]).
+    /// Finding nothing stamped, it counts as an empty [`Consumer::poll`] (which reads and
+    /// checks the producer's head every [`HEAD_CHECK_POLLS`]th time).
     #[inline]
     pub fn pop(&mut self, out: &mut [IoRec]) -> Result<(usize, bool), Error> {
         let mut n = self.take_stamped(out);
         if n == 0 && !out.is_empty() {
-            if !self.ready()? {
+            if !self.poll()? {
                 return Ok((0, false));
             }
             n = self.take_stamped(out);
@@ -570,6 +596,25 @@ mod tests {
         assert_eq!(c.pop(&mut out[..1]).unwrap(), (1, false));
     }
 
+    /// Pops with nothing stamped until a pop reads and checks the head: the
+    /// [`HEAD_CHECK_POLLS`]th empty poll does (and none before it), whether it is the
+    /// `pop` of a receiver or the `poll` of a spinning waiter.
+    fn empty_polls_until_checked(c: &mut Consumer) -> Result<usize, Error> {
+        let mut out = [IoRec::default(); 4];
+        for i in 1..HEAD_CHECK_POLLS {
+            let checked = if i % 2 == 0 {
+                c.pop(&mut out).map(|(n, _)| n)
+            } else {
+                c.poll().map(usize::from)
+            };
+            assert!(
+                matches!(checked, Ok(0)),
+                "poll {i} read the head: {checked:?}"
+            );
+        }
+        c.pop(&mut out).map(|(n, _)| n)
+    }
+
     /// A consumer whose producer memory the test writes raw, as a hostile producer would.
     fn victim(slots: usize) -> (Region, Consumer) {
         let pmem = create_producer_memory(slots).unwrap();
@@ -605,16 +650,19 @@ mod tests {
                 ..
             })
         ));
-        // The same checks on an empty poll.
+        // The same checks on empty polls, every HEAD_CHECK_POLLS-th of them.
         let mut out = [IoRec::default(); 8];
         assert_eq!(c.pop(&mut out).unwrap().0, 3);
         raw::store_head(&pmem, 3 + 9);
         assert!(matches!(
-            c.pop(&mut out),
+            empty_polls_until_checked(&mut c),
             Err(Error::BadCount { now: 12, .. })
         ));
         raw::store_head(&pmem, u64::MAX);
-        assert!(matches!(c.pop(&mut out), Err(Error::BadCount { .. })));
+        assert!(matches!(
+            empty_polls_until_checked(&mut c),
+            Err(Error::BadCount { .. })
+        ));
 
         // And a hostile consumer moving the tail past our head.
         let pmem2 = create_producer_memory(8).unwrap();
@@ -653,7 +701,7 @@ mod tests {
                 )
             };
             assert!(unstamped(c.ready()));
-            assert!(unstamped(c.pop(&mut out).map(|(n, _)| n > 0)));
+            assert!(unstamped(empty_polls_until_checked(&mut c).map(|n| n > 0)));
             assert!(c.pending().is_err());
         }
         // A stamp of the wrong lap or a random one is not an IOrec.
