@@ -82,15 +82,16 @@ enum Bench {
         #[command(flatten)]
         params: IpcArgs,
         /// Rounds in which the peers of each group take turns, each doing its share of
-        /// the work: every figure comes from all of its rounds, so the two sides of a
-        /// ratio see the same moments of a host whose speed drifts.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        /// the work: a round compares its peers in one moment of a host whose speed
+        /// drifts, and each ratio is the median of its rounds' ratios (its ratio over the
+        /// whole run is printed beside it). Every figure comes from all of its rounds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         rounds: u64,
         /// Pin this process and the child to these two CPUs ("0,1"); "none" to not pin.
         #[arg(long, default_value = "0,1")]
         cpus: String,
-        /// Print one JSON object (figures, ratios and each round's ratios) instead of the
-        /// table.
+        /// Print one JSON object (figures, ratios, ratios over the whole run and each
+        /// round's ratios) instead of the table.
         #[arg(long)]
         json: bool,
         /// Measure only these groups (comma-separated); ratios need both of their figures.
@@ -179,17 +180,22 @@ fn print_table(r: &IpcReport) {
     }
     if !r.ratios.is_empty() {
         println!(
-            "{:<34} {:>14}   each round",
-            "ratios (latency: lower is better)", "whole run"
+            "{:<34} {:>14} {:>10}   each round",
+            "ratios (latency: lower is better)", "median", "whole run"
         );
         for (name, v) in &r.ratios {
+            let find = |all: &[(&str, f64)]| all.iter().find(|(n, _)| n == name).map(|x| x.1);
+            let whole = find(&r.ratios_whole_run).unwrap_or(f64::NAN);
             let rounds = r
                 .ratio_rounds
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>())
                 .unwrap_or_default();
-            println!("  {name:<32} {v:>14.2}   {}", rounds.join(" "));
+            println!(
+                "  {name:<32} {v:>14.2} {whole:>10.2}   {}",
+                rounds.join(" ")
+            );
         }
     }
 }
@@ -209,6 +215,7 @@ fn json(r: &IpcReport) -> serde_json::Value {
         }).collect()),
         "bulk_bytes_per_s": obj(&r.bulk),
         "ratios": obj(&r.ratios),
+        "ratios_whole_run": obj(&r.ratios_whole_run),
         "ratio_rounds": serde_json::Value::Object(
             r.ratio_rounds
                 .iter()

@@ -27,12 +27,16 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
             .unwrap_or_else(|| panic!("ratio {key} in {v}"));
         assert!(r.is_finite() && r > 0.0, "{key} = {r}");
     }
-    // Every ratio also comes per round (four asked for); a throughput ratio over the whole
-    // run is a weighted mean of its rounds' ratios, so it lies within them.
+    // Every ratio also comes per round (four asked for), and is the median of them (the
+    // mean of the middle two); a throughput ratio over the whole run is a weighted mean of
+    // its rounds' ratios, so it lies within them.
     let ratios = v["ratios"].as_object().expect("ratios");
-    for (key, whole) in ratios {
-        let whole = whole.as_f64().unwrap();
-        let rounds: Vec<f64> = v["ratio_rounds"][key]
+    for (key, ratio) in ratios {
+        let ratio = ratio.as_f64().unwrap();
+        let whole = v["ratios_whole_run"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("ratios_whole_run {key} in {v}"));
+        let mut rounds: Vec<f64> = v["ratio_rounds"][key]
             .as_array()
             .unwrap_or_else(|| panic!("ratio_rounds {key} in {v}"))
             .iter()
@@ -42,6 +46,12 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
         assert!(
             rounds.iter().all(|r| r.is_finite() && *r > 0.0),
             "{key}: {rounds:?}"
+        );
+        rounds.sort_by(f64::total_cmp);
+        let middle = (rounds[1] + rounds[2]) / 2.0;
+        assert!(
+            (ratio - middle).abs() <= middle * 1e-9,
+            "{key}: {ratio} is not the median of its rounds {rounds:?}"
         );
         if !key.starts_with("latency") {
             let (lo, hi) = rounds

@@ -105,13 +105,29 @@ pub struct IpcReport {
     pub latency: Vec<(&'static str, Latency)>,
     /// Bytes per second, by peer.
     pub bulk: Vec<(&'static str, f64)>,
-    /// Ratios the targets are stated in.
+    /// Ratios the targets are stated in: the median of each ratio's rounds
+    /// ([`IpcReport::ratio_rounds`]).
     pub ratios: Vec<(&'static str, f64)>,
-    /// The same ratios from each round's figures alone (for latency, each round's
-    /// medians). A round's figures were taken close together, so their spread shows
-    /// how far the host moved during the run. For rate and bulk the ratio over the whole
-    /// run always lies within them.
+    /// The same ratios from the figures over the whole run. For rate and bulk such a
+    /// ratio is a mean of the rounds' ratios weighted by the time the first peer took in
+    /// each, so one round in which the host stalled that peer outweighs the others.
+    pub ratios_whole_run: Vec<(&'static str, f64)>,
+    /// The ratios from each round's figures alone (for latency, each round's medians). A
+    /// round's figures were taken close together, so a round compares its peers in the
+    /// same moment of the host, and their spread shows how far the host moved.
     pub ratio_rounds: Vec<(&'static str, Vec<f64>)>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
 }
 
 // ---------- the parent ----------
@@ -652,9 +668,11 @@ fn over_all_rounds(rounds: &Rounds) -> Vec<(&'static str, f64)> {
 /// Runs every measurement and returns the figures.
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     let mut s = Session::new(p)?;
-    // The peers of a group take turns, a share of the work each per round, and each
-    // figure comes from all its rounds: where the host runs the two vCPUs drifts over
-    // seconds, and a peer measured only at a good or a bad moment would skew the ratios.
+    // The peers of a group take turns, a share of the work each per round: where the
+    // host runs the two vCPUs, and what else it runs beside them, changes from one
+    // second to the next, so each round compares its peers in one moment of the host,
+    // and a ratio is the median of its rounds (one round that the host stalled for one
+    // peer does not decide it). Each figure comes from all its rounds.
     let (mut rate, mut rate_rounds) = (Vec::new(), Rounds::new());
     if p.groups.rate {
         let peers: [(&'static str, ThroughputPeer); 6] = [
@@ -766,22 +784,27 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         ("bulk_vs_bare_handoff", bulk_group, "rbuf", "bare hand-over"),
         ("bulk_vs_uds", bulk_group, "rbuf", "unix stream"),
     ];
-    let ratios = wanted
+    let ratios_whole_run = wanted
         .iter()
         .filter_map(|&(name, (v, _), a, b)| Some((name, find(v, a)? / find(v, b)?)))
         .collect();
-    let ratio_rounds = wanted
+    let ratio_rounds: Vec<(&'static str, Vec<f64>)> = wanted
         .iter()
         .filter_map(|&(name, (_, r), a, b)| {
             let (a, b) = (find(r, a)?, find(r, b)?);
             Some((name, a.iter().zip(b).map(|(a, b)| a / b).collect()))
         })
         .collect();
+    let ratios = ratio_rounds
+        .iter()
+        .map(|(name, rounds)| (*name, median(rounds)))
+        .collect();
     Ok(IpcReport {
         rate,
         latency: lat,
         bulk,
         ratios,
+        ratios_whole_run,
         ratio_rounds,
     })
 }
