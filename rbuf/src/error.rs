@@ -194,3 +194,24 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allocation_result_fits_in_two_registers() {
+        assert!(std::mem::size_of::<Result<crate::BufId, AllocError>>() <= 16);
+        let e: Error = AllocError::Exhausted.into();
+        assert_eq!(e.to_string(), "pool exhausted");
+        let e: Error = AllocError::TooLarge {
+            len_bytes: 4097,
+            max_bytes: 2048,
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "4097-byte buffer asked of a pool of 2048-byte buffers"
+        );
+    }
+}

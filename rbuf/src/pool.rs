@@ -73,8 +73,8 @@ pub struct LendSet {
     count: usize,
 }
 
-/// The number of a lending that is not in a lending order (RMM, multicast, or a lending
-/// made with [`Pool::lend`]).
+/// The number of a lending that is not in a lending order (RMM, or a lending made with
+/// [`Pool::lend`]).
 pub(crate) const LENT_UNNUMBERED: u64 = u64::MAX;
 
 impl LendSet {
@@ -406,7 +406,9 @@ impl Pool {
     /// Lends the buffer `rec` names to the peer of `set` as its lending number `number`
     /// ([`LENT_UNNUMBERED`] outside a lending order), dropping the master's hold unless
     /// `keep_hold`: [`Pool::check_local`], [`Pool::lend`] and [`Pool::unhold`] in one
-    /// step, a sender's work per IOrec. Refused as they are; then nothing changed.
+    /// step, a sender's work per IOrec. It refuses what those refuse (a tag that names
+    /// no buffer, an extent outside it, a buffer the master does not hold or has lent to
+    /// this peer already), and then changes nothing.
     #[inline]
     pub(crate) fn lend_rec(
         &mut self,

@@ -838,3 +838,16 @@ pub fn child(kind: &str, sock: &Path, p: &IpcParams, cpu: Option<usize>) -> Resu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn a_ratio_is_the_median_of_its_rounds() {
+        assert_eq!(median(&[3.0]), 3.0);
+        // One round the host stalled does not move it; an even count takes the middle two.
+        assert_eq!(median(&[1.0, 0.03, 1.2]), 1.0);
+        assert_eq!(median(&[0.9, 25.6, 1.1, 1.0]), 1.05);
+    }
+}
