@@ -542,11 +542,13 @@ mod tests {
         assert_eq!(view.read_volatile::<u64>(128), 0);
     }
 
+    /// A cache line of eight words, as the ring copies one.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Line([u64; 8]);
+
     #[test]
     fn a_line_is_read_word_by_word_as_written() {
-        #[repr(C, align(64))]
-        #[derive(Clone, Copy, Debug, PartialEq)]
-        struct Line([u64; 8]);
         let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
         let words: [u64; 8] = std::array::from_fn(|i| 0x0101_0101_0101_0101 * (i as u64 + 1));
         for (i, &w) in words.iter().enumerate() {
@@ -559,27 +561,24 @@ mod tests {
 
     #[test]
     fn a_published_line_carries_its_stamp_and_every_other_byte() {
-        #[repr(C, align(64))]
-        #[derive(Clone, Copy, Debug, PartialEq)]
-        struct Line([u32; 16]);
         let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
-        let line = Line(std::array::from_fn(|i| 0x0101_0101 * (i as u32 + 1)));
+        let line = Line(std::array::from_fn(|i| {
+            0x0101_0101_0101_0101 * (i as u64 + 1)
+        }));
         region.publish_line(192, &line, 0xdead_beef);
         let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
+        // The stamp replaces bytes 4..8 (the high half of the first little-endian word).
         let mut expected = line;
-        expected.0[1] = 0xdead_beef;
+        expected.0[0] = (expected.0[0] & 0xffff_ffff) | (0xdead_beef << 32);
         assert_eq!(view.read_volatile::<Line>(192), expected);
         // Nothing outside the line.
-        assert_eq!(view.read_volatile::<Line>(128), Line([0; 16]));
-        assert_eq!(view.read_volatile::<Line>(256), Line([0; 16]));
+        assert_eq!(view.read_volatile::<Line>(128), Line([0; 8]));
+        assert_eq!(view.read_volatile::<Line>(256), Line([0; 8]));
     }
 
     #[test]
     #[should_panic(expected = "publish_line")]
     fn a_line_is_not_published_into_a_read_only_view() {
-        #[repr(C, align(64))]
-        #[derive(Clone, Copy)]
-        struct Line([u64; 8]);
         let region = Region::create(c"t", 4096, PagePolicy::Shmem).unwrap();
         let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
         view.publish_line(0, &Line([1; 8]), 1);
