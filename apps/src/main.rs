@@ -157,6 +157,10 @@ fn parse_cpus(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
 }
 
 fn print_table(r: &IpcReport) {
+    let pinned = r.host.pinned.map_or("not pinned".to_string(), |(a, b)| {
+        format!("pinned to {a},{b}")
+    });
+    println!("host: {}, {} CPUs, {pinned}", r.host.cpu, r.host.cpus);
     if !r.rate.is_empty() {
         println!("{:<34} {:>14}", "message rate, 64 B", "Mmsg/s");
         for (name, v) in &r.rate {
@@ -209,6 +213,11 @@ fn json(r: &IpcReport) -> serde_json::Value {
         )
     };
     serde_json::json!({
+        "host": {
+            "cpu": r.host.cpu,
+            "cpus": r.host.cpus,
+            "pinned": r.host.pinned.map(|(a, b)| [a, b]),
+        },
         "msg_rate_per_s": obj(&r.rate),
         "latency_ns": serde_json::Value::Object(r.latency.iter().map(|(k, l)| {
             (k.to_string(), serde_json::json!({"median": l.median_ns, "p99": l.p99_ns}))

@@ -14,6 +14,10 @@ fn bench_ipc_json_has_every_figure_and_ratio() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // The machine is named: every figure depends on it.
+    assert!(!v["host"]["cpu"].as_str().unwrap().is_empty(), "{v}");
+    assert!(v["host"]["cpus"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["host"]["pinned"], serde_json::json!([0, 1]), "{v}");
     for key in [
         "msg_rate_batch32_vs_uds",
         "latency_poll_vs_iceoryx2",

@@ -96,9 +96,49 @@ type Figures = [(&'static str, f64)];
 /// Each peer's figure in each round, in the order the rounds ran.
 type Rounds = Vec<(&'static str, Vec<f64>)>;
 
+/// The machine a run measured: every figure depends on it (this benchmark's bare
+/// cache-line bounce took 70-75 ns on one kind of host and 176-238 ns on another).
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The CPU's model name, family and model number, from `/proc/cpuinfo`.
+    pub cpu: String,
+    /// CPUs the machine has.
+    pub cpus: usize,
+    /// The two CPUs the parent and the child were pinned to.
+    pub pinned: Option<(usize, usize)>,
+}
+
+impl Host {
+    fn read(pinned: Option<(usize, usize)>) -> Host {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |l: &str, name: &str| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        };
+        let first = |name| info.lines().find_map(|l| field(l, name));
+        let model = first("model name").unwrap_or_else(|| "unknown".to_string());
+        // A hypervisor may show a bare family name: the family and model numbers tell
+        // the generation.
+        let cpu = match (first("cpu family"), first("model")) {
+            (Some(family), Some(number)) => format!("{model} (family {family}, model {number})"),
+            _ => model,
+        };
+        Host {
+            cpu,
+            cpus: info
+                .lines()
+                .filter(|l| field(l, "processor").is_some())
+                .count(),
+            pinned,
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug)]
 pub struct IpcReport {
+    /// Where.
+    pub host: Host,
     /// Messages per second, by peer.
     pub rate: Vec<(&'static str, f64)>,
     /// One-way latency, by peer.
@@ -667,6 +707,7 @@ fn over_all_rounds(rounds: &Rounds) -> Vec<(&'static str, f64)> {
 
 /// Runs every measurement and returns the figures.
 pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
+    let host = Host::read(p.cpus);
     let mut s = Session::new(p)?;
     // The peers of a group take turns, a share of the work each per round: where the
     // host runs the two vCPUs, and what else it runs beside them, changes from one
@@ -800,6 +841,7 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         .map(|(name, rounds)| (*name, median(rounds)))
         .collect();
     Ok(IpcReport {
+        host,
         rate,
         latency: lat,
         bulk,
