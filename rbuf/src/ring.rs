@@ -21,14 +21,15 @@
 //! the producer never overwrites a slot being read).
 //!
 //! The head count is still published, for the event indexes and as a check: when the
-//! consumer finds the next slot unstamped (before it sleeps, and on every 64th empty poll,
-//! [`HEAD_CHECK_POLLS`]; a poller otherwise watches the stamp alone) it reads `head` and
-//! checks it ([`Error::BadCount`]): never backwards, never more than the ring
+//! consumer finds the next slot unstamped (before it sleeps, and on every 64th empty
+//! poll, [`HEAD_CHECK_POLLS`]; a poller otherwise watches the stamp alone) it reads
+//! `head` and checks it ([`Error::BadCount`]): never backwards, never more than the ring
 //! past `tail`, and never behind `tail` by more than the ring (an honest head may lag the
-//! stamps by up to one batch, since the stamps are written first). A head past `tail` whose slot is not
-//! stamped is a lie too ([`Error::BadStamp`]): the stamps are written before the head, so
-//! an `Acquire` read of the head makes them visible. A producer that forges stamps gets
-//! its forged IOrecs read, and the receiver validates those as any other.
+//! stamps by up to one batch, since the stamps are written first). A head past `tail`
+//! whose slot is not stamped is a lie too ([`Error::BadStamp`]): the stamps are written
+//! before the head, so an `Acquire` read of the head makes them visible. A producer that
+//! forges stamps gets its forged IOrecs read, and the receiver validates those as any
+//! other.
 //!
 //! A producer asks for the cache lines of a batch's slots with `PREFETCHW` before writing
 //! them, so their ownership requests overlap instead of following one another in store
