@@ -65,8 +65,9 @@ pub struct Accounting {
 ///
 /// Each buffer id has one word: 0 when the buffer is not lent to this peer, else the
 /// number of its lending, which the master's lending order uses to tell a live entry from
-/// a stale one ([`LENT_UNNUMBERED`] until the master numbers it). Membership and number
-/// are one load, so the run-return path reads one word per buffer.
+/// a stale one (`u64::MAX` for a lending outside a lending order: RMM, or one made with
+/// [`Pool::lend`]). Membership and number are one load, so the run-return path reads one
+/// word per buffer.
 #[derive(Debug, Clone)]
 pub struct LendSet {
     at: Vec<u64>,
