@@ -188,13 +188,9 @@ fn print_table(r: &IpcReport) {
             "ratios (latency: lower is better)", "median", "whole run"
         );
         for (name, v) in &r.ratios {
-            let find = |all: &[(&str, f64)]| all.iter().find(|(n, _)| n == name).map(|x| x.1);
-            let whole = find(&r.ratios_whole_run).unwrap_or(f64::NAN);
-            let rounds = r
-                .ratio_rounds
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>())
+            let whole = ipc::named(&r.ratios_whole_run, name).unwrap_or(&f64::NAN);
+            let rounds = ipc::named(&r.ratio_rounds, name)
+                .map(|v| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>())
                 .unwrap_or_default();
             println!(
                 "  {name:<32} {v:>14.2} {whole:>10.2}   {}",

@@ -121,11 +121,6 @@ impl LendSet {
         self.at[id as usize] = n;
     }
 
-    fn insert(&mut self, id: BufId) {
-        self.at[id as usize] = LENT_UNNUMBERED;
-        self.count += 1;
-    }
-
     fn remove(&mut self, id: BufId) {
         self.at[id as usize] = 0;
         self.count -= 1;
@@ -418,13 +413,37 @@ impl Pool {
         number: u64,
         keep_hold: bool,
     ) -> Result<BufId, IoRecError> {
-        debug_assert_ne!(number, 0);
         let id = self.lookup(rec.tag())?;
         self.check_inside(id, rec)?;
+        self.lend_live(id, set, number)?;
+        if !keep_hold {
+            // Never the last hold: the peer's is there now.
+            self.entries[id as usize].local = false;
+            self.local -= 1;
+        }
+        Ok(id)
+    }
+
+    /// Lends buffer `id` (held by the master) to the peer of `set`, keeping the master's
+    /// hold: a buffer lent to several peers, as multicast does through
+    /// [`crate::Master::offer`], is then given up with [`Pool::unhold`].
+    pub fn lend(&mut self, id: BufId, set: &mut LendSet) -> Result<(), IoRecError> {
+        if !self.entries[id as usize].live {
+            return Err(IoRecError::NotHeld { tag: u64::from(id) });
+        }
+        self.lend_live(id, set, LENT_UNNUMBERED)
+    }
+
+    /// The lending itself, for [`Pool::lend`] and [`Pool::lend_rec`]: live buffer `id`,
+    /// which the master must hold and the peer of `set` must not, is lent to that peer as
+    /// lending number `number`.
+    #[inline]
+    fn lend_live(&mut self, id: BufId, set: &mut LendSet, number: u64) -> Result<(), IoRecError> {
+        debug_assert_ne!(number, 0);
         let e = &mut self.entries[id as usize];
         let lending = set.at.get_mut(id as usize).filter(|n| **n == 0);
         let (true, Some(lending)) = (e.local, lending) else {
-            return Err(IoRecError::NotHeld { tag: rec.tag() });
+            return Err(IoRecError::NotHeld { tag: u64::from(id) });
         };
         *lending = number;
         set.count += 1;
@@ -432,27 +451,6 @@ impl Pool {
             self.lent += 1;
         }
         e.refs += 1;
-        if !keep_hold {
-            // Never the last hold: the peer's is there now.
-            e.local = false;
-            self.local -= 1;
-        }
-        Ok(id)
-    }
-
-    /// Lends buffer `id` (held by the master) to the peer of `set`, keeping the master's
-    /// hold (multicast offers one buffer to several peers, then calls [`Pool::unhold`]).
-    #[inline]
-    pub fn lend(&mut self, id: BufId, set: &mut LendSet) -> Result<(), IoRecError> {
-        let e = &mut self.entries[id as usize];
-        if !(e.live && e.local) || set.contains(id) {
-            return Err(IoRecError::NotHeld { tag: u64::from(id) });
-        }
-        if e.refs == 0 {
-            self.lent += 1;
-        }
-        e.refs += 1;
-        set.insert(id);
         Ok(())
     }
 

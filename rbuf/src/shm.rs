@@ -303,11 +303,10 @@ impl Region {
 
     /// Publishes a 64-byte line `value` at `offset` (64-byte aligned) to a reader that
     /// polls the `u32` at byte [`LINE_STAMP_AT`] of the line, its stamp: bytes 0..4 and
-    /// 8..64 go first,
-    /// with volatile writes (16-byte words where they fit), then `stamp` with a `Release`
-    /// store, so a reader that acquires the stamp sees the whole line. Whatever `value`
-    /// holds at bytes 4..8 is not written. One check covers the line (a ring producer
-    /// publishes one per IOrec).
+    /// 8..64 go first, with volatile writes (whole `Word`s from byte 16 on), then `stamp`
+    /// with a `Release` store, so a reader that acquires the stamp sees the whole line.
+    /// Whatever `value` holds at bytes 4..8 is not written. One check covers the line (a
+    /// ring producer publishes one per IOrec).
     #[inline]
     pub(crate) fn publish_line<T: Copy>(&self, offset: usize, value: &T, stamp: u32) {
         const { assert!(std::mem::size_of::<T>() == 64 && words_of::<T, Word>()) };
@@ -321,7 +320,7 @@ impl Region {
         // writable (checked above); `src` is a 64-byte, 64-byte aligned `T` (checked at
         // compile time), so every read and write below is in bounds and aligned.
         unsafe {
-            for at in [16, 32, 48] {
+            for at in (16..64).step_by(std::mem::size_of::<Word>()) {
                 let word = (src.add(at) as *const Word).read();
                 std::ptr::write_volatile(dst.add(at) as *mut Word, word);
             }

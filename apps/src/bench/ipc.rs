@@ -158,6 +158,11 @@ pub struct IpcReport {
     pub ratio_rounds: Vec<(&'static str, Vec<f64>)>,
 }
 
+/// The figure (or rounds) named `name` in a report's list.
+pub fn named<'a, T>(list: &'a [(&'static str, T)], name: &str) -> Option<&'a T> {
+    list.iter().find(|(n, _)| *n == name).map(|(_, x)| x)
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -763,9 +768,6 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
         bulk.push(("one-core read bandwidth", bare::read_bandwidth()));
     }
 
-    fn find<'a, T>(v: &'a [(&'static str, T)], k: &str) -> Option<&'a T> {
-        v.iter().find(|(n, _)| *n == k).map(|(_, x)| x)
-    }
     let medians: Vec<(&'static str, f64)> = lat.iter().map(|(n, l)| (*n, l.median_ns)).collect();
     let (rate_group, latency_group, bulk_group) = (
         (&rate[..], &rate_rounds),
@@ -827,12 +829,12 @@ pub fn run(p: &IpcParams, progress: &mut dyn FnMut(&str)) -> Result<IpcReport> {
     ];
     let ratios_whole_run = wanted
         .iter()
-        .filter_map(|&(name, (v, _), a, b)| Some((name, find(v, a)? / find(v, b)?)))
+        .filter_map(|&(name, (v, _), a, b)| Some((name, named(v, a)? / named(v, b)?)))
         .collect();
     let ratio_rounds: Vec<(&'static str, Vec<f64>)> = wanted
         .iter()
         .filter_map(|&(name, (_, r), a, b)| {
-            let (a, b) = (find(r, a)?, find(r, b)?);
+            let (a, b) = (named(r, a)?, named(r, b)?);
             Some((name, a.iter().zip(b).map(|(a, b)| a / b).collect()))
         })
         .collect();
