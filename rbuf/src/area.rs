@@ -110,14 +110,6 @@ impl DataArea {
         }
     }
 
-    /// Hints that the caller is about to read `e`: asks the CPU for its first cache line
-    /// now (the hardware prefetcher follows a longer read on its own). Changes no memory;
-    /// an extent outside the area is ignored, so it may name an unchecked one.
-    #[inline]
-    pub fn prefetch_read(&self, e: Extent) {
-        self.region.prefetch_read(e.offset() as usize);
-    }
-
     /// Hints that the caller is about to fill `e`: asks the CPU for its first cache lines
     /// (at most [`PREFETCH_BYTES`]) for writing now, so filling a batch of small buffers
     /// waits for their ownership once rather than once per buffer. Changes no memory;

@@ -311,15 +311,6 @@ impl Link {
     fn pop(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
         self.drainable()?;
         let (n, wake) = self.inp.pop(out).map_err(|e| self.violation(e))?;
-        if self.role == Role::Receiver
-            && let Some(&first) = out[..n].first().and_then(|rec| rec.extents().first())
-        {
-            // The data this side reads next: its first line is asked for now, so it
-            // travels while the pop finishes and the IOrecs are validated, not after
-            // (the reads of the rest overlap anyway). Unvalidated: a prefetch never
-            // faults and ignores what lies outside the area.
-            self.area.prefetch_read(first);
-        }
         self.stats.received += n as u64;
         if n == 0 && self.dead.is_some() {
             return Err(Error::PeerGone);

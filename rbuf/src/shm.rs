@@ -335,35 +335,18 @@ impl Region {
     /// it never faults and changes no memory; out-of-bounds offsets are ignored.
     #[inline]
     pub fn prefetch_write(&self, offset: usize) {
-        self.prefetch(offset, true);
-    }
-
-    /// Asks the CPU to fetch the cache line at `offset` for reading (x86 `PREFETCHT0`), so
-    /// the read that follows finds it on its way. The same kind of hint as
-    /// [`Region::prefetch_write`].
-    #[inline]
-    pub fn prefetch_read(&self, offset: usize) {
-        self.prefetch(offset, false);
-    }
-
-    #[inline]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn prefetch(&self, offset: usize, for_writing: bool) {
         if offset >= self.len {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        {
-            let p = self.ptr.as_ptr().wrapping_add(offset);
-            // SAFETY: PREFETCHW and PREFETCHT0 are hints: they read nothing, write nothing
-            // and never fault; the address is inside our mapping anyway (checked above).
-            unsafe {
-                if for_writing {
-                    std::arch::asm!("prefetchw [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly));
-                } else {
-                    std::arch::asm!("prefetcht0 [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly));
-                }
-            }
+        // SAFETY: PREFETCHW is a hint: it reads nothing, writes nothing and never faults;
+        // the address is inside our mapping anyway (checked above).
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{p}]",
+                p = in(reg) self.ptr.as_ptr().add(offset),
+                options(nostack, preserves_flags, readonly)
+            );
         }
     }
 
@@ -545,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn prefetching_changes_nothing_and_never_faults() {
+    fn prefetch_for_writing_changes_nothing_and_never_faults() {
         let region = Region::create(c"t", 8192, PagePolicy::Shmem).unwrap();
         region.write_volatile(64, 0x1122_3344_5566_7788u64);
         let view = Region::map_readonly(region.readonly_fd().unwrap(), region.len()).unwrap();
@@ -553,8 +536,6 @@ mod tests {
         for offset in (0..8192).step_by(64).chain([8192, usize::MAX]) {
             region.prefetch_write(offset);
             view.prefetch_write(offset);
-            region.prefetch_read(offset);
-            view.prefetch_read(offset);
         }
         assert_eq!(view.read_volatile::<u64>(64), 0x1122_3344_5566_7788);
         assert_eq!(view.read_volatile::<u64>(128), 0);
