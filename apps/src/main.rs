@@ -90,8 +90,8 @@ enum Bench {
         /// Pin this process and the child to these two CPUs ("0,1"); "none" to not pin.
         #[arg(long, default_value = "0,1")]
         cpus: String,
-        /// Print one JSON object (figures, ratios, ratios over the whole run and each
-        /// round's ratios) instead of the table.
+        /// Print one JSON object (the host, figures, ratios, ratios over the whole run and
+        /// each round's ratios) instead of the table.
         #[arg(long)]
         json: bool,
         /// Measure only these groups (comma-separated); ratios need both of their figures.

@@ -380,6 +380,13 @@ impl Consumer {
         if self.next_stamped() {
             return Ok(true);
         }
+        self.unstamped_poll()
+    }
+
+    /// The rest of a [`Consumer::poll`] that found the next slot unstamped: counts it,
+    /// and every [`HEAD_CHECK_POLLS`]th time reads and checks the head.
+    #[inline]
+    fn unstamped_poll(&mut self) -> Result<bool, Error> {
         self.unstamped_polls = self.unstamped_polls.wrapping_add(1);
         if !self.unstamped_polls.is_multiple_of(HEAD_CHECK_POLLS) {
             return Ok(false);
@@ -440,7 +447,8 @@ impl Consumer {
     pub fn pop(&mut self, out: &mut [IoRec]) -> Result<(usize, bool), Error> {
         let mut n = self.take_stamped(out);
         if n == 0 && !out.is_empty() {
-            if !self.poll()? {
+            // `take_stamped` found the next slot unstamped: the rest of a poll.
+            if !self.unstamped_poll()? {
                 return Ok((0, false));
             }
             n = self.take_stamped(out);
