@@ -173,7 +173,7 @@ fn print_table(r: &IpcReport) {
             "one-way latency", "median ns", "p99 ns"
         );
         for (name, l) in &r.latency {
-            println!("  {name:<32} {:>14.0} {:>10.0}", l.median_ns, l.p99_ns);
+            println!("  {name:<32} {:>14.1} {:>10.0}", l.median_ns, l.p99_ns);
         }
     }
     if !r.bulk.is_empty() {

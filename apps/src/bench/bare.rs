@@ -25,7 +25,7 @@ use rbuf::shm::Region;
 use rustix::net::SocketType;
 
 use super::ipc::{
-    BULK_BYTES, BULK_DEPTH, MSG_BYTES, PONG_SLOTS, RATE_SLOTS, Session, finish, read_all,
+    BULK_BYTES, BULK_DEPTH, Laps, MSG_BYTES, PONG_SLOTS, RATE_SLOTS, Session, finish, read_all,
     spin_until, unix_connect, unix_listener, warmup,
 };
 
@@ -36,19 +36,15 @@ use super::ipc::{
 pub(super) fn cache_line_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     let (child, sock) = s.child("bare-cache-line-pong", Stdio::null())?;
     let (ping, pong, _conn) = exchange_regions(&sock, 4096)?;
-    let mut samples = Vec::with_capacity(iters as usize);
+    let mut laps = Laps::start(warmup(iters), iters);
     for i in 1..=warmup(iters) + iters {
-        let t = Instant::now();
         ping.store_u64(0, i, Ordering::Release);
         spin_until(|| pong.load_u64(0, Ordering::Acquire) == i);
-        let rtt = t.elapsed();
-        if i > warmup(iters) {
-            samples.push(rtt.as_nanos() as u64 / 2);
-        }
+        laps.lap();
     }
     ping.store_u64(0, u64::MAX, Ordering::Release);
     finish(child)?;
-    Ok(samples)
+    Ok(laps.into_ns())
 }
 
 fn child_cache_line_pong(sock: &Path) -> Result<()> {
@@ -317,21 +313,17 @@ fn child_ring_rate(sock: &Path, messages: u64, batch: usize) -> Result<()> {
 pub(super) fn ring_latency(s: &mut Session, iters: u64) -> Result<Vec<u64>> {
     let (child, sock) = s.child("bare-ring-pong", Stdio::null())?;
     let (ping, pong, _conn) = exchange_regions(&sock, ring_bytes(PONG_SLOTS, 1))?;
-    let mut samples = Vec::with_capacity(iters as usize);
     let rounds = warmup(iters) + iters;
+    let mut laps = Laps::start(warmup(iters), iters);
     for seq in 0..rounds {
-        let t = Instant::now();
         publish(&ping, PONG_SLOTS, seq, 0, MSG_BYTES);
         spin_until(|| stamped(&pong, PONG_SLOTS, seq));
-        let rtt = t.elapsed();
-        if seq >= warmup(iters) {
-            samples.push(rtt.as_nanos() as u64 / 2);
-        }
+        laps.lap();
     }
     // An empty message says stop.
     publish(&ping, PONG_SLOTS, rounds, 0, 0);
     finish(child)?;
-    Ok(samples)
+    Ok(laps.into_ns())
 }
 
 fn child_ring_pong(sock: &Path) -> Result<()> {

@@ -27,6 +27,7 @@ use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::ipc::Laps;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
@@ -270,7 +271,8 @@ fn open_service(
 
 /// Parent side: runs `iters` ping-pong round trips (after `warmup` untimed ones) with a child process
 /// that runs [`pong`]`(service_name, ..)`, busy-polling on both sides (no waitsets/blocking), payload a u64 counter.
-/// Returns the one-way latencies in nanoseconds (each round trip halved), one per timed iteration.
+/// Returns the round trips in nanoseconds, one per timed iteration, timed back to back as
+/// every `bench ipc` latency peer's are ([`Laps`]).
 ///
 /// The caller starts the child before or right after calling this: up to 10 s are allowed
 /// for its ports to appear, and each later pong is awaited for at most 10 s. On success and
@@ -324,18 +326,16 @@ fn ping_pong(ports: &mut Ports, warmup: u64, iters: u64) -> Result<Vec<u64>, Ice
         }
     }
 
-    let mut latencies = Vec::with_capacity(usize::try_from(iters).unwrap_or(0));
+    let mut laps = Laps::start(0, iters);
     for _ in 0..iters {
         seq += 1;
-        let start = Instant::now();
         ports.send(seq)?;
-        if !ports.spin_for(seq, start + CONNECT_TIMEOUT)? {
+        if !ports.spin_for(seq, laps.lap_start() + CONNECT_TIMEOUT)? {
             return Err(no_pong());
         }
-        let round_trip = start.elapsed();
-        latencies.push(u64::try_from(round_trip.as_nanos() / 2).unwrap_or(u64::MAX));
+        laps.lap();
     }
-    Ok(latencies)
+    Ok(laps.into_ns())
 }
 
 /// Child side: answers pings until the parent sends the stop value (`u64::MAX`) or `timeout` passes without a ping.
