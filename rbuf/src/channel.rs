@@ -25,6 +25,15 @@
 //! backwards or past the ring) is counted; past [`Link::set_max_errors`] (default: none
 //! tolerated) it is evicted: the connection is shut down, every later call returns
 //! [`Error::PeerEvicted`], and a master takes back everything it had lent.
+//!
+//! The four calls a message takes ([`Master::send`], [`Peer::recv`], [`Peer::send`],
+//! [`Master::recv`]) are inlined into their callers whole, with what they call of this
+//! module (`lend_out`, `receive`, [`Link::push`], `Link::pop`; `#[inline(always)]`): on a
+//! ping-pong every instruction of them lies between a stamp arriving and the next one
+//! leaving. That took a one-IOrec round trip on one thread from about 75 to 63 ns, and
+//! `bench ipc`'s polling latency against the bare cache line from a median of 1.72 to
+//! 1.66 over five alternating runs each (rate and bulk within their noise); `#[inline]`
+//! alone left the compiler calling them (71 ns).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -294,7 +303,7 @@ impl Link {
     }
 
     /// Pushes IOrecs to the peer; returns how many fit. Rings the peer only if it sleeps.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
         self.alive()?;
         let (n, wake) = self.out.push(recs).map_err(|e| self.violation(e))?;
@@ -307,7 +316,7 @@ impl Link {
     }
 
     /// Pops IOrecs from the peer, unvalidated copies; the typed ends validate them.
-    #[inline]
+    #[inline(always)]
     fn pop(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
         self.drainable()?;
         let (n, wake) = self.inp.pop(out).map_err(|e| self.violation(e))?;
@@ -698,6 +707,7 @@ impl Master {
     /// Sends IOrecs of buffers the master holds (tag = buffer id, extents inside the
     /// buffer); returns how many fit in the ring. The sent buffers are lent to the peer.
     /// Only those that fit are checked: a bad IOrec is refused once there is room for it.
+    #[inline(always)]
     pub fn send(&mut self, pool: &mut Pool, recs: &[IoRec]) -> Result<usize, Error> {
         self.lend_out(pool, recs, false)
     }
@@ -710,6 +720,7 @@ impl Master {
 
     /// Lends and pushes the buffers of as many of `recs` as fit in the ring; the master
     /// keeps its hold on them if `keep_hold` ([`Master::offer`]), else drops it.
+    #[inline(always)]
     fn lend_out(
         &mut self,
         pool: &mut Pool,
@@ -782,12 +793,14 @@ impl Master {
     /// each must name a buffer lent to this peer, extents inside it. The master holds
     /// the returned buffers (free them with [`Pool::free`] or send them again). Buffers
     /// given back by a run return come back as whole buffers ([`Pool::iorec`]).
+    #[inline(always)]
     pub fn recv(&mut self, pool: &mut Pool, out: &mut [IoRec]) -> Result<usize, Error> {
         self.receive(pool, out, true)
     }
 
     /// [`Master::recv`]; with `deliver_runs` false, buffers of run returns are not handed
     /// out but stay pending (for [`Master::free_runs`]).
+    #[inline(always)]
     fn receive(
         &mut self,
         pool: &mut Pool,
@@ -952,6 +965,7 @@ impl Peer {
 
     /// Receives IOrecs, each validated against the data area (at least one extent, all in
     /// bounds); refused ones are counted and dropped.
+    #[inline(always)]
     pub fn recv(&mut self, out: &mut [IoRec]) -> Result<usize, Error> {
         let n = self.link.pop(out)?;
         let area_bytes = self.link.area.len();
@@ -975,6 +989,7 @@ impl Peer {
     }
 
     /// Sends IOrecs to the master; returns how many fit.
+    #[inline(always)]
     pub fn send(&mut self, recs: &[IoRec]) -> Result<usize, Error> {
         self.link.push(recs)
     }
