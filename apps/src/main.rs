@@ -109,7 +109,8 @@ enum Bench {
 enum Group {
     /// Message rate, 64-byte messages.
     Rate,
-    /// One-way latency, ping-pong halved.
+    /// One-way latency, ping-pong halved (median over means of 8 consecutive round trips,
+    /// p99 over single ones).
     Latency,
     /// Bulk transfer, 1 MiB messages.
     Bulk,

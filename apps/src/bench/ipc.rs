@@ -157,7 +157,7 @@ type Figures = [(&'static str, f64)];
 type Rounds = Vec<(&'static str, Vec<f64>)>;
 
 /// The machine a run measured: every figure depends on it (this benchmark's bare
-/// cache-line bounce took 70-75 ns on one kind of host and 176-238 ns on another).
+/// cache-line bounce took 70-80 ns on one kind of host and 176-238 ns on another).
 #[derive(Clone, Debug)]
 pub struct Host {
     /// The CPU's model name, family and model number, from `/proc/cpuinfo`.
